@@ -1,0 +1,199 @@
+"""User accounts: names, roles, passwords (scrypt), credits, API tokens and web sessions."""
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+
+USERNAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{2,31}$")
+# Role addresses that must stay with the operators (RFC 2142, RFC 5321 §4.5.1).
+RESERVED_NAMES = frozenset({"postmaster", "abuse", "admin", "root", "mailer-daemon", "noreply"})
+MIN_PASSWORD_CHARS = 6
+MAX_PASSWORD_CHARS = 1024
+SESSION_SECONDS = 30 * 24 * 3600
+
+# scrypt cost: ~50 ms and 16 MiB per hash on a small server.
+_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be done; the text says why."""
+
+
+class NotFound(AccountError):
+    pass
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def hash_password(password: str) -> dict:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, maxmem=64 * 1024 * 1024, **_SCRYPT)
+    return {"alg": "scrypt", "salt": salt.hex(), "hash": digest.hex(), **_SCRYPT}
+
+
+def check_password(password: str, stored: dict) -> bool:
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(stored["salt"]),
+                            n=stored["n"], r=stored["r"], p=stored["p"], maxmem=64 * 1024 * 1024)
+    return hmac.compare_digest(digest.hex(), stored["hash"])
+
+
+# Checking a password for a name that does not exist costs the same as for one that does.
+_DUMMY_HASH = hash_password(secrets.token_hex(8))
+
+
+def normalize_name(name: str) -> str:
+    return (name or "").strip().lower()
+
+
+def validate_new_name(name: str) -> str:
+    name = normalize_name(name)
+    if not USERNAME_RE.match(name):
+        raise AccountError("username must be 3-32 characters: a letter, then letters, digits, '.', '_' or '-'")
+    if name in RESERVED_NAMES:
+        raise AccountError(f"username {name!r} is reserved")
+    return name
+
+
+def validate_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AccountError(f"password must be at least {MIN_PASSWORD_CHARS} characters")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise AccountError("password is too long")
+
+
+class Accounts:
+    def __init__(self, store):
+        self.store = store
+
+    # ------------------------------------------------------------ users
+
+    def create(self, name: str, password: str, admin: bool = False, credits: int = 0,
+               admin_if_first: bool = False) -> dict:
+        name = validate_new_name(name)
+        validate_password(password)
+        if credits < 0:
+            raise AccountError("credits cannot be negative")
+        pw = hash_password(password)
+
+        def build(state, _refs):
+            if name in state.users:
+                raise AccountError(f"user {name!r} already exists")
+            role = "admin" if admin or (admin_if_first and not any(
+                u["role"] == "admin" for u in state.users.values())) else "user"
+            fields = {"role": role, "credits": credits, "pw": pw, "created_at": time.time(),
+                      "disabled": False}
+            return [{"op": "user.put", "name": name, "fields": fields}], dict(fields, name=name)
+
+        return self.store.commit(build)
+
+    def get(self, name: str):
+        with self.store.reading() as state:
+            user = state.users.get(normalize_name(name))
+            return dict(user) if user else None
+
+    def require(self, name: str) -> dict:
+        user = self.get(name)
+        if user is None:
+            raise NotFound(f"no such user: {name}")
+        return user
+
+    def all(self) -> list:
+        with self.store.reading() as state:
+            return [dict(state.users[n]) for n in sorted(state.users)]
+
+    def admins(self) -> list:
+        with self.store.reading() as state:
+            return sorted(n for n, u in state.users.items() if u["role"] == "admin" and not u.get("disabled"))
+
+    def update(self, name: str, role: str = None, credits: int = None, disabled: bool = None) -> dict:
+        name = normalize_name(name)
+        fields = {}
+        if role is not None:
+            fields["role"] = role
+        if credits is not None:
+            if credits < 0:
+                raise AccountError("credits cannot be negative")
+            fields["credits"] = credits
+        if disabled is not None:
+            fields["disabled"] = disabled
+
+        def build(state, _refs):
+            if name not in state.users:
+                raise NotFound(f"no such user: {name}")
+            return [{"op": "user.put", "name": name, "fields": fields}], dict(state.users[name], **fields)
+
+        return self.store.commit(build)
+
+    def add_credits(self, name: str, delta: int) -> dict:
+        name = normalize_name(name)
+
+        def build(state, _refs):
+            user = state.users.get(name)
+            if user is None:
+                raise NotFound(f"no such user: {name}")
+            if user["credits"] + delta < 0:
+                raise AccountError("credits cannot go below zero")
+            return [{"op": "user.credit", "name": name, "delta": delta}], user["credits"] + delta
+
+        return self.store.commit(build)
+
+    def authenticate(self, name: str, password: str):
+        """The user if the password is right and the account enabled, else None."""
+        user = self.get(name)
+        if user is None:
+            check_password(password, _DUMMY_HASH)
+            return None
+        if not check_password(password, user["pw"]) or user.get("disabled"):
+            return None
+        return user
+
+    # ------------------------------------------------------------ API tokens
+
+    def issue_token(self, name: str) -> str:
+        name = normalize_name(name)
+        token = "mu_" + secrets.token_urlsafe(32)
+
+        def build(state, _refs):
+            if name not in state.users:
+                raise NotFound(f"no such user: {name}")
+            return [{"op": "token.add", "hash": _sha256(token), "user": name, "at": time.time()}], token
+
+        return self.store.commit(build)
+
+    def user_for_token(self, token: str):
+        with self.store.reading() as state:
+            entry = state.tokens.get(_sha256(token))
+            user = entry and state.users.get(entry["user"])
+            return dict(user) if user and not user.get("disabled") else None
+
+    # ------------------------------------------------------------ web sessions
+
+    def new_session(self, name: str) -> tuple:
+        sid = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(24)
+        record = {"op": "session.add", "hash": _sha256(sid), "user": normalize_name(name), "csrf": csrf,
+                  "expires": time.time() + SESSION_SECONDS}
+        self.store.commit(lambda state, refs: ([record], None))
+        return sid, csrf
+
+    def session(self, sid: str):
+        """(user, csrf) for a live session id, else None."""
+        if not sid:
+            return None
+        with self.store.reading() as state:
+            entry = state.sessions.get(_sha256(sid))
+            if not entry or entry["expires"] < time.time():
+                return None
+            user = state.users.get(entry["user"])
+            if not user or user.get("disabled"):
+                return None
+            return dict(user), entry["csrf"]
+
+    def end_session(self, sid: str) -> None:
+        if sid:
+            record = {"op": "session.del", "hash": _sha256(sid)}
+            self.store.commit(lambda state, refs: ([record], None))

@@ -1,0 +1,114 @@
+"""The blocklist: email addresses, `*@domain` wildcards and IP addresses, in blocklist.json.
+
+Every change is an atomic rewrite under flock, so the CLI and the server never lose each
+other's writes; the server re-reads the file whenever its inode or mtime changes.
+"""
+
+import ipaddress
+import os
+import threading
+import time
+import json
+
+from . import addr, safeio
+from .log import log
+
+
+class BlocklistError(ValueError):
+    pass
+
+
+def classify(value: str) -> tuple:
+    """(kind, canonical value) with kind 'ip' or 'email'; BlocklistError if neither."""
+    value = (value or "").strip()
+    try:
+        return "ip", str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if value.startswith("*@"):
+        try:
+            return "email", "*@" + addr.idna_domain(value[2:])
+        except addr.AddressError:
+            raise BlocklistError(f"invalid domain wildcard: {value!r}") from None
+    try:
+        local, domain = addr.parse(value)
+    except addr.AddressError:
+        raise BlocklistError(f"not an email address, *@domain or IP address: {value!r}") from None
+    return "email", f"{local.lower()}@{domain}"
+
+
+class Blocklist:
+    def __init__(self, home: str):
+        self.path = os.path.join(home, "blocklist.json")
+        self.lock_path = os.path.join(home, ".blocklist.lock")
+        self._mu = threading.Lock()
+        self._stamp = None
+        self._entries = {}
+        if not os.path.exists(self.path):
+            with safeio.flocked(self.lock_path):
+                if not os.path.exists(self.path):
+                    safeio.write_json_atomic(self.path, {"entries": []})
+
+    def _file_stamp(self):
+        try:
+            st = os.stat(self.path)
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return None
+
+    def _read_file(self) -> dict:
+        try:
+            with open(self.path, "rb") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        return {e["value"]: e for e in data.get("entries", [])}
+
+    def _fresh(self) -> dict:
+        stamp = self._file_stamp()
+        with self._mu:
+            if stamp != self._stamp:
+                self._entries, self._stamp = self._read_file(), stamp
+            return self._entries
+
+    def entries(self) -> list:
+        return sorted(self._fresh().values(), key=lambda e: (e["kind"], e["value"]))
+
+    def _change(self, value: str, add: bool) -> tuple:
+        kind, canonical = classify(value)
+        with safeio.flocked(self.lock_path):
+            entries = self._read_file()
+            if add:
+                entries.setdefault(canonical, {"value": canonical, "kind": kind, "added_at": time.time()})
+            elif canonical not in entries:
+                raise BlocklistError(f"not blocked: {canonical}")
+            else:
+                del entries[canonical]
+            safeio.write_json_atomic(self.path, {"entries": sorted(entries.values(), key=lambda e: e["value"])})
+        label = "IP" if kind == "ip" else "email"
+        log("mail", f"{'Blocked' if add else 'Unblocked'} {label}: {canonical}")
+        return kind, canonical
+
+    def add(self, value: str) -> tuple:
+        return self._change(value, True)
+
+    def remove(self, value: str) -> tuple:
+        return self._change(value, False)
+
+    def ip_blocked(self, ip: str) -> bool:
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            return False
+        return ip in self._fresh()
+
+    def sender_blocked(self, address: str) -> bool:
+        if not address:
+            return False
+        entries = self._fresh()
+        local, _, domain = address.rpartition("@")
+        try:
+            domain = addr.idna_domain(domain)
+        except addr.AddressError:
+            domain = domain.lower()
+        return f"{local.lower()}@{domain}" in entries or f"*@{domain}" in entries

@@ -1,0 +1,40 @@
+"""Where a domain's mail goes: MX hosts in preference order (RFC 5321 §5.1)."""
+
+import random
+
+from ..dnsresolver import DNSTempError, NXDomain
+
+
+class PermanentRouteError(Exception):
+    """The domain cannot receive mail (no such domain, null MX, no address)."""
+
+
+def route(domain: str, resolver) -> list:
+    """Hosts to try, best first; equal preferences in random order (RFC 5321 §5.1).
+
+    Raises PermanentRouteError or DNSTempError.
+    """
+    try:
+        records = resolver.mx(domain)
+    except NXDomain:
+        raise PermanentRouteError(f"domain {domain} does not exist") from None
+    if not records:
+        # No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
+        if not resolver.addresses(domain):
+            raise PermanentRouteError(f"domain {domain} has no MX and no address record")
+        return [domain]
+    if any(host in (".", "") for _, host in records):
+        # RFC 7505: "0 ." says the domain accepts no mail.
+        raise PermanentRouteError(f"domain {domain} accepts no mail (null MX)")
+    by_pref = {}
+    for pref, host in records:
+        by_pref.setdefault(pref, []).append(host)
+    hosts = []
+    for pref in sorted(by_pref):
+        group = by_pref[pref]
+        random.shuffle(group)
+        hosts += group
+    return hosts
+
+
+__all__ = ["route", "PermanentRouteError", "DNSTempError"]

@@ -1,0 +1,56 @@
+"""DKIM signing of outbound mail, on whenever MU_HOME/keys/dkim.key exists."""
+
+import os
+
+from ..auth import dkim as dkim_auth
+from ..log import log
+
+
+class Signer:
+    def __init__(self, config):
+        self.config = config
+        self.key_path = config.dkim_key_path
+        self.domain = config.domain
+        self.selector = config.dkim_selector
+        self._key = None
+        self._stamp = None
+
+    def _load(self):
+        try:
+            st = os.stat(self.key_path)
+        except OSError:
+            self._key, self._stamp = None, None
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if stamp != self._stamp:
+            with open(self.key_path, "rb") as f:
+                key = f.read()
+            self._key = key if b"PRIVATE KEY" in key else None
+            self._stamp = stamp
+        return self._key
+
+    @property
+    def enabled(self) -> bool:
+        return self._load() is not None
+
+    def status_text(self) -> str:
+        if self.enabled:
+            return f"DKIM signing enabled for domain {self.domain} with selector {self.selector}"
+        return f"DKIM signing disabled: DKIM private key not found at {self.key_path}"
+
+    def log_status(self) -> None:
+        if self.enabled:
+            log("dkim", self.status_text())
+        else:
+            log("mail", self.status_text())
+
+    def sign(self, message: bytes) -> bytes:
+        """`message` with a DKIM-Signature on top, or unchanged when signing is off or fails."""
+        key = self._load()
+        if key is None:
+            return message
+        try:
+            return dkim_auth.sign(message, self.selector, self.domain, key) + message
+        except Exception as exc:
+            log("dkim", f"signing failed, sending unsigned: {exc}")
+            return message

@@ -1,0 +1,74 @@
+"""Durable file writes: atomic replace, fsync of file and folder, private modes, flock.
+
+Every byte mu writes to disk goes through here, so the durability rules live in one place.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_dir(path: str) -> str:
+    """Create `path` (and parents) 0700; tighten the mode of an existing one."""
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    if os.stat(path).st_mode & 0o777 != DIR_MODE:
+        os.chmod(path, DIR_MODE)
+    return path
+
+
+def fsync_dir(path: str) -> None:
+    """Make a create/rename inside `path` durable (POSIX leaves it to the folder's fsync)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace `path` with `data` so a crash at any instant leaves the old or the new file.
+
+    The temporary file is in the same folder because rename(2) is only atomic
+    within one filesystem.
+    """
+    folder = os.path.dirname(path) or "."
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(folder)
+
+
+def write_json_atomic(path: str, value) -> None:
+    write_atomic(path, json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def open_append(path: str) -> int:
+    """An O_APPEND descriptor on `path`, created 0600."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    return fd
+
+
+@contextlib.contextmanager
+def flocked(path: str, exclusive: bool = True):
+    """Hold flock(2) on `path` (a dedicated lock file) for the `with` body.
+
+    A separate lock file is used because the data files are replaced by rename,
+    and a lock on a replaced inode protects nothing.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield fd
+    finally:
+        os.close(fd)  # closing releases the lock

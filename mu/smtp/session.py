@@ -1,0 +1,226 @@
+"""The SMTP protocol state machine: one method per verb, each returning one Reply.
+
+The session knows RFC 5321 and nothing about sockets or policy. The server feeds it
+command lines and finished DATA; a `policy` object decides who may send to whom and
+stores the message. States:
+
+    GREETED --EHLO/HELO--> READY --MAIL--> MAIL --RCPT--> RCPT --DATA--> (data) --> READY
+    RSET or a new EHLO/HELO returns to READY; STARTTLS starts a fresh session.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import replies as R
+from .parse import parse_path, split_command
+from .replies import Reply, ReplyError
+
+MAX_ERRORS = 10  # then 421 and close, so a garbage stream costs us little
+
+
+@dataclass
+class Envelope:
+    peer_ip: str
+    helo: str = ""
+    esmtp: bool = False
+    tls: bool = False
+    mail_from: Optional[str] = None
+    smtputf8: bool = False
+    declared_size: Optional[int] = None
+    recipients: list = field(default_factory=list)   # [(address, [usernames])]
+
+
+class Session:
+    def __init__(self, policy, config, peer_ip: str, tls_active: bool = False, tls_available: bool = False):
+        self.policy = policy
+        self.config = config
+        self.peer_ip = peer_ip
+        self.tls_active = tls_active
+        self.tls_available = tls_available and not tls_active
+        self.state = "GREETED"
+        self.envelope = Envelope(peer_ip, tls=tls_active)
+        self.errors = 0
+        self.closing = False       # the server closes after sending the reply
+        self.start_tls = False     # the server starts TLS after sending the reply
+        self.in_data = False       # the server reads message data next
+
+    # ------------------------------------------------------------ entry points
+
+    def greeting(self) -> Reply:
+        reply = self.policy.connect(self.peer_ip)
+        if reply is not None:
+            self.closing = True
+            return reply
+        return R.READY.with_text(R.READY.text.format(host=self.policy.hostname))
+
+    def command(self, line: bytes) -> Reply:
+        try:
+            reply = self._dispatch(line)
+        except ReplyError as exc:
+            reply = exc.reply
+        if reply.code in (500, 501, 503):
+            self.errors += 1
+            if self.errors > MAX_ERRORS:
+                self.closing = True
+                return R.TOO_MANY_ERRORS
+        if reply.code == 421:
+            self.closing = True
+        return reply
+
+    def data_received(self, data: Optional[bytes], error: Optional[Reply]) -> Reply:
+        """The server read DATA to its final dot; `error` if it had to drop the content."""
+        self.in_data = False
+        envelope = self.envelope
+        self._reset_transaction()
+        if error is not None:
+            return error
+        try:
+            return self.policy.deliver(envelope, data)
+        except ReplyError as exc:
+            return exc.reply
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatch(self, line: bytes) -> Reply:
+        if b"\0" in line:
+            raise ReplyError(R.SYNTAX.with_text("NUL byte in command"))
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ReplyError(R.SYNTAX.with_text("Command contains invalid 8-bit bytes")) from None
+        verb, argument = split_command(text)
+        if not verb.isascii() or not verb.isalpha():
+            return R.UNRECOGNIZED
+        handler = getattr(self, "smtp_" + verb, None)
+        if handler is None:
+            return R.UNRECOGNIZED
+        return handler(argument)
+
+    def _reset_transaction(self) -> None:
+        self.envelope = Envelope(self.peer_ip, helo=self.envelope.helo, esmtp=self.envelope.esmtp,
+                                 tls=self.tls_active)
+        if self.state in ("MAIL", "RCPT"):
+            self.state = "READY"
+
+    def _require_greeted(self) -> None:
+        if self.state == "GREETED":
+            raise ReplyError(R.NEED_EHLO)
+
+    # ------------------------------------------------------------ verbs
+
+    def _hello(self, argument: str, esmtp: bool) -> Reply:
+        if not argument:
+            raise ReplyError(R.SYNTAX.with_text(("EHLO" if esmtp else "HELO") + " requires a domain or address"))
+        self.state = "READY"   # RFC 5321 §4.1.4: a second EHLO resets the transaction
+        self.envelope = Envelope(self.peer_ip, helo=argument.split()[0], esmtp=esmtp, tls=self.tls_active)
+        host = self.policy.hostname
+        if not esmtp:
+            return Reply(250, "", host)
+        lines = [f"{host} greets {argument.split()[0]}",
+                 f"SIZE {self.config.max_message_bytes}", "8BITMIME", "PIPELINING",
+                 "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        if self.tls_available:
+            lines.append("STARTTLS")
+        lines.append("HELP")
+        return Reply(250, "", "\n".join(lines))
+
+    def smtp_EHLO(self, argument):
+        return self._hello(argument, esmtp=True)
+
+    def smtp_HELO(self, argument):
+        return self._hello(argument, esmtp=False)
+
+    def smtp_MAIL(self, argument):
+        self._require_greeted()
+        if self.state != "READY":
+            raise ReplyError(R.NESTED_MAIL)
+        address, params = parse_path(argument, "FROM")
+        env = self.envelope
+        for key, value in params.items():
+            if not env.esmtp:
+                raise ReplyError(R.UNKNOWN_PARAMETER)
+            if key == "SIZE":  # RFC 1870
+                if not value or not value.isdigit():
+                    raise ReplyError(R.SYNTAX.with_text("SIZE requires a number"))
+                env.declared_size = int(value)
+                if env.declared_size > self.config.max_message_bytes:
+                    raise ReplyError(R.MESSAGE_TOO_BIG)
+            elif key == "BODY":  # RFC 6152
+                if (value or "").upper() not in ("7BIT", "8BITMIME"):
+                    raise ReplyError(R.UNKNOWN_PARAMETER.with_text("BODY must be 7BIT or 8BITMIME"))
+            elif key == "SMTPUTF8" and value is None:  # RFC 6531 §3.4
+                env.smtputf8 = True
+            else:
+                raise ReplyError(R.UNKNOWN_PARAMETER.with_text(f"Parameter {key} not supported"))
+        if not address.isascii() and not env.smtputf8:
+            raise ReplyError(R.SMTPUTF8_REQUIRED)
+        reply = self.policy.mail_from(env, address)
+        if reply is not None:
+            return reply
+        env.mail_from = address
+        self.state = "MAIL"
+        return R.SENDER_OK
+
+    def smtp_RCPT(self, argument):
+        self._require_greeted()
+        if self.state not in ("MAIL", "RCPT"):
+            raise ReplyError(R.NEED_MAIL)
+        address, params = parse_path(argument, "TO")
+        if params:
+            raise ReplyError(R.UNKNOWN_PARAMETER.with_text(f"Parameter {next(iter(params))} not supported"))
+        if not address:
+            raise ReplyError(R.SYNTAX_ADDRESS)
+        if not address.isascii() and not self.envelope.smtputf8:
+            raise ReplyError(R.SMTPUTF8_REQUIRED)
+        if len(self.envelope.recipients) >= self.config.max_recipients:
+            return R.TOO_MANY_RECIPIENTS
+        users = self.policy.rcpt_to(self.envelope, address)   # raises ReplyError to refuse
+        self.envelope.recipients.append((address, users))
+        self.state = "RCPT"
+        return R.RECIPIENT_OK
+
+    def smtp_DATA(self, argument):
+        self._require_greeted()
+        if argument:
+            raise ReplyError(R.SYNTAX.with_text("DATA takes no arguments"))
+        if self.state == "READY":
+            raise ReplyError(R.NEED_MAIL)
+        if self.state != "RCPT":
+            raise ReplyError(R.NEED_RCPT)
+        self.in_data = True
+        return R.START_DATA
+
+    def smtp_RSET(self, argument):
+        if argument:
+            raise ReplyError(R.SYNTAX.with_text("RSET takes no arguments"))
+        self._reset_transaction()
+        return R.RESET_OK
+
+    def smtp_NOOP(self, argument):
+        return R.OK
+
+    def smtp_QUIT(self, argument):
+        self.closing = True
+        return R.CLOSING
+
+    def smtp_VRFY(self, argument):
+        if not argument:
+            raise ReplyError(R.VRFY_NEEDS_ARGUMENT)
+        return R.CANNOT_VRFY   # RFC 5321 §3.5.3: reveal nothing about who exists
+
+    def smtp_EXPN(self, argument):
+        return R.NOT_IMPLEMENTED
+
+    def smtp_HELP(self, argument):
+        return R.HELP
+
+    def smtp_STARTTLS(self, argument):
+        if argument:
+            raise ReplyError(R.SYNTAX.with_text("STARTTLS takes no arguments"))
+        if self.tls_active:
+            raise ReplyError(R.ALREADY_TLS)
+        if not self.tls_available:
+            return R.NOT_IMPLEMENTED.with_text("STARTTLS not available")
+        self._require_greeted()
+        self.start_tls = True
+        return R.STARTTLS_READY

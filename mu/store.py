@@ -1,0 +1,312 @@
+"""The store: in-memory state made durable by a snapshot plus an append-only journal.
+
+On disk, under MU_HOME:
+
+    mail.json      snapshot: {"format": "mu-store-1", "seq": N, "state": {...}}
+    mail.journal   JSON lines, one record each: {"seq": N, "op": "...", ...}
+    blobs/*.pack   append-only packs of message bodies, raw messages and attachments
+    .lock          flock(2) target shared by the server and the CLI
+
+A commit appends its blobs to the current pack (fsync), then its records to the
+journal (fsync), so a record never points at bytes that are not on disk. Loading
+reads the snapshot and replays journal records with a higher seq; a torn last line
+(a crash mid-append) was never acknowledged and is dropped. Compaction writes a new
+snapshot atomically and then replaces the journal; a crash between the two steps is
+harmless because replay skips records the snapshot already holds (by seq).
+
+Concurrency: threads of one process share one in-memory state guarded by `_mu`;
+commits are batched (group commit: one leader writes and fsyncs for every thread
+waiting), and processes exclude each other with flock on `.lock`. Lock order is
+always flock, then `_mu`. Before reading, a process notices a journal grown or
+replaced by another process (a stat) and catches up, so CLI changes reach the
+running server without a restart.
+"""
+
+import contextlib
+import json
+import os
+import threading
+
+from . import safeio
+from .log import log
+from .state import State
+
+SNAPSHOT_FORMAT = "mu-store-1"
+PACK_ROTATE_BYTES = 256 * 1024 * 1024
+COMPACT_MIN_JOURNAL_BYTES = 32 * 1024 * 1024
+
+
+class StoreError(Exception):
+    """The store could not make a write durable; nothing was acknowledged."""
+
+
+class BlobPacks:
+    """Append-only pack files; a blob is named by `pack:offset:length`."""
+
+    def __init__(self, folder: str):
+        self.folder = safeio.ensure_dir(folder)
+
+    def _current(self) -> str:
+        packs = sorted(n for n in os.listdir(self.folder) if n.endswith(".pack"))
+        if packs:
+            last = os.path.join(self.folder, packs[-1])
+            if os.path.getsize(last) < PACK_ROTATE_BYTES:
+                return packs[-1]
+            number = int(packs[-1].split(".")[0]) + 1
+        else:
+            number = 1
+        name = f"{number:06d}.pack"
+        os.close(safeio.open_append(os.path.join(self.folder, name)))
+        safeio.fsync_dir(self.folder)
+        return name
+
+    def append(self, blobs) -> list:
+        """Write every blob durably (caller holds the store's flock); return their refs."""
+        if not blobs:
+            return []
+        name = self._current()
+        fd = safeio.open_append(os.path.join(self.folder, name))
+        try:
+            offset = os.fstat(fd).st_size
+            refs = []
+            for blob in blobs:
+                view = memoryview(blob)
+                start = offset
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                    offset += written
+                refs.append(f"{name[:-5]}:{start}:{len(blob)}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return refs
+
+    def read(self, ref: str) -> bytes:
+        pack, offset, length = ref.split(":")
+        if not pack.isdigit():
+            raise KeyError(ref)
+        with open(os.path.join(self.folder, pack + ".pack"), "rb") as f:
+            return os.pread(f.fileno(), int(length), int(offset))
+
+
+class _Ticket:
+    __slots__ = ("build", "blobs", "done", "result", "error")
+
+    def __init__(self, build, blobs):
+        self.build, self.blobs = build, blobs
+        self.done, self.result, self.error = False, None, None
+
+
+class Store:
+    def __init__(self, home: str):
+        self.home = safeio.ensure_dir(home)
+        self.snapshot_path = os.path.join(home, "mail.json")
+        self.journal_path = os.path.join(home, "mail.journal")
+        self.lock_path = os.path.join(home, ".lock")
+        self.blobs = BlobPacks(os.path.join(home, "blobs"))
+        self._mu = threading.RLock()
+        self._cv = threading.Condition(threading.Lock())
+        self._queue = []
+        self._leader_active = False
+        self.state = State()
+        self._seq = 0
+        self._journal_ino = None
+        self._journal_offset = 0
+        self._journal_records = 0
+        with safeio.flocked(self.lock_path, exclusive=True):
+            with self._mu:
+                self._load_all(truncate_torn=True)
+
+    # ---------------------------------------------------------------- loading
+
+    def _load_all(self, truncate_torn: bool) -> None:
+        state, seq = State(), 0
+        try:
+            with open(self.snapshot_path, "rb") as f:
+                snapshot = json.load(f)
+            if snapshot.get("format") != SNAPSHOT_FORMAT:
+                raise StoreError(f"{self.snapshot_path}: unknown format {snapshot.get('format')!r}")
+            state = State.from_dump(snapshot["state"])
+            seq = snapshot["seq"]
+        except FileNotFoundError:
+            safeio.write_json_atomic(self.snapshot_path,
+                                     {"format": SNAPSHOT_FORMAT, "seq": 0, "state": State().dump()})
+        self.state, self._seq = state, seq
+        self._journal_ino, self._journal_offset, self._journal_records = None, 0, 0
+        if not os.path.exists(self.journal_path):
+            os.close(safeio.open_append(self.journal_path))
+            safeio.fsync_dir(self.home)
+        self._journal_ino = os.stat(self.journal_path).st_ino
+        self._read_journal_tail(truncate_torn)
+
+    def _read_journal_tail(self, truncate_torn: bool) -> None:
+        with open(self.journal_path, "rb") as f:
+            f.seek(self._journal_offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data) and truncate_torn:
+            # A crash mid-append left a partial line; it was never acknowledged.
+            os.truncate(self.journal_path, self._journal_offset + end)
+        for line in data[:end].splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                log("store", f"skipping unreadable journal line at offset {self._journal_offset}")
+                continue
+            if record.get("seq", 0) > self._seq:
+                self.state.apply(record)
+                self._seq = record["seq"]
+            self._journal_records += 1
+        self._journal_offset += end
+
+    def _catch_up(self, truncate_torn: bool) -> None:
+        """Apply what other processes appended (caller holds flock and _mu)."""
+        try:
+            st = os.stat(self.journal_path)
+        except FileNotFoundError:
+            st = None
+        if st is None or st.st_ino != self._journal_ino or st.st_size < self._journal_offset:
+            self._load_all(truncate_torn)
+        elif st.st_size > self._journal_offset:
+            self._read_journal_tail(truncate_torn)
+
+    def _changed_on_disk(self) -> bool:
+        try:
+            st = os.stat(self.journal_path)
+        except FileNotFoundError:
+            return True
+        return st.st_ino != self._journal_ino or st.st_size != self._journal_offset
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Hold the in-memory state, fresh with every other process's writes."""
+        if self._changed_on_disk() and not self._leader_active:
+            with safeio.flocked(self.lock_path, exclusive=False):
+                with self._mu:
+                    self._catch_up(truncate_torn=False)
+        with self._mu:
+            yield self.state
+
+    def read_blob(self, ref: str) -> bytes:
+        return self.blobs.read(ref)
+
+    # ---------------------------------------------------------------- writing
+
+    def commit(self, build, blobs=()):
+        """Durably apply what `build(state, blob_refs) -> (records, result)` returns.
+
+        `build` runs with the state current across processes and must not mutate it;
+        raising from it aborts this commit only. Returns `result` once the records
+        are fsynced; raises StoreError if they could not be.
+        """
+        ticket = _Ticket(build, list(blobs))
+        with self._cv:
+            self._queue.append(ticket)
+            while not ticket.done:
+                if self._leader_active:
+                    self._cv.wait()
+                    continue
+                self._leader_active = True
+                batch, self._queue = self._queue, []
+                self._cv.release()
+                try:
+                    self._write_batch(batch)
+                finally:
+                    self._cv.acquire()
+                    self._leader_active = False
+                    for t in batch:
+                        t.done = True
+                    self._cv.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.result
+
+    def _write_batch(self, batch) -> None:
+        try:
+            with safeio.flocked(self.lock_path, exclusive=True):
+                with self._mu:
+                    self._catch_up(truncate_torn=True)
+                refs = self.blobs.append([b for t in batch for b in t.blobs])
+                lines = []
+                with self._mu:
+                    start_seq = self._seq
+                    for t in batch:
+                        mine, refs = refs[:len(t.blobs)], refs[len(t.blobs):]
+                        try:
+                            records, t.result = t.build(self.state, mine)
+                        except Exception as exc:  # validation failure: this ticket only
+                            t.error = exc
+                            continue
+                        for record in records:
+                            self._seq += 1
+                            record["seq"] = self._seq
+                            lines.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+                            # Applied now so later tickets in the batch see it; undone by
+                            # a reload below if the write fails.
+                            self.state.apply(record)
+                if lines:
+                    self._append_lines(lines)
+        except Exception as exc:
+            error = exc if isinstance(exc, StoreError) else StoreError(f"store write failed: {exc}")
+            log("store", str(error))
+            for t in batch:
+                if t.error is None:
+                    t.error = error
+            with safeio.flocked(self.lock_path, exclusive=True):
+                with self._mu:
+                    self._load_all(truncate_torn=True)
+
+    def _append_lines(self, lines) -> None:
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        fd = safeio.open_append(self.journal_path)
+        try:
+            if os.fstat(fd).st_ino != self._journal_ino:
+                raise StoreError("journal replaced during a write")
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, self._journal_offset)
+                raise
+        finally:
+            os.close(fd)
+        with self._mu:
+            self._journal_offset += len(data)
+            self._journal_records += len(lines)
+
+    # ---------------------------------------------------------------- compaction
+
+    def journal_bytes(self) -> int:
+        return self._journal_offset
+
+    def compact(self) -> None:
+        """Fold the journal into a fresh snapshot."""
+        with safeio.flocked(self.lock_path, exclusive=True):
+            with self._mu:
+                self._catch_up(truncate_torn=True)
+                snapshot = {"format": SNAPSHOT_FORMAT, "seq": self._seq, "state": self.state.dump()}
+                safeio.write_json_atomic(self.snapshot_path, snapshot)
+                fresh = self.journal_path + ".new"
+                fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, safeio.FILE_MODE)
+                os.fsync(fd)
+                os.close(fd)
+                os.replace(fresh, self.journal_path)
+                safeio.fsync_dir(self.home)
+                self._journal_ino = os.stat(self.journal_path).st_ino
+                self._journal_offset = 0
+                self._journal_records = 0
+
+    def maybe_compact(self) -> bool:
+        try:
+            snapshot_bytes = os.path.getsize(self.snapshot_path)
+        except OSError:
+            snapshot_bytes = 0
+        if self._journal_offset > max(COMPACT_MIN_JOURNAL_BYTES, snapshot_bytes):
+            self.compact()
+            return True
+        return False

@@ -1,0 +1,97 @@
+"""Admin pages: the blocklist, users (role, credits, disable) and the mail log."""
+
+import urllib.parse
+
+import bottle
+from bottle import request, response
+
+from ..accounts import AccountError
+from ..blocklist import BlocklistError
+from .common import check_csrf, render, require_admin
+
+
+def install(web, app):
+    @web.get("/admin")
+    def admin_home():
+        require_admin()
+        bottle.redirect("/admin/mail")
+
+    @web.get("/admin/blocklist")
+    def blocklist_page():
+        require_admin()
+        return render("admin_blocklist", entries=app.blocklist.entries())
+
+    @web.post("/admin/blocklist")
+    def blocklist_change():
+        require_admin()
+        check_csrf()
+        action = request.forms.get("action", "")
+        value = (request.forms.getunicode("value", "") or "").strip()
+        if not value:
+            value = (request.forms.getunicode("email", "") or request.forms.getunicode("ip", "") or "").strip()
+        try:
+            if action == "unblock":
+                app.blocklist.remove(value)
+                flash = f"Unblocked {value}"
+            else:
+                kind, canonical = app.blocklist.add(value)
+                if action == "block_ip" and kind != "ip":
+                    app.blocklist.remove(canonical)
+                    raise BlocklistError(f"not an IP address: {value!r}")
+                if action == "block_email" and kind != "email":
+                    app.blocklist.remove(canonical)
+                    raise BlocklistError(f"not an email address or *@domain: {value!r}")
+                flash = f"Blocked {canonical}"
+        except BlocklistError as exc:
+            response.status = 400
+            return render("admin_blocklist", entries=app.blocklist.entries(), error=str(exc))
+        bottle.redirect("/admin/blocklist?flash=" + urllib.parse.quote(flash))
+
+    @web.get("/admin/users")
+    def users_page():
+        require_admin()
+        return render("admin_users", users=app.accounts.all())
+
+    @web.post("/admin/users/<name>")
+    def users_change(name):
+        me = require_admin()
+        check_csrf()
+        action = request.forms.get("action", "")
+        try:
+            if action == "make_admin":
+                app.accounts.update(name, role="admin")
+            elif action == "remove_admin":
+                if name == me["name"]:
+                    raise AccountError("you cannot remove your own admin role")
+                app.accounts.update(name, role="user")
+            elif action == "add_credits":
+                amount = int(request.forms.get("amount", "0"))
+                app.accounts.add_credits(name, amount)
+            elif action == "disable":
+                if name == me["name"]:
+                    raise AccountError("you cannot disable your own account")
+                app.accounts.update(name, disabled=True)
+            elif action == "enable":
+                app.accounts.update(name, disabled=False)
+            else:
+                raise AccountError("unknown action")
+        except (AccountError, ValueError) as exc:
+            response.status = 400
+            return render("admin_users", users=app.accounts.all(), error=str(exc))
+        bottle.redirect("/admin/users")
+
+    @web.get("/admin/mail")
+    def mail_log():
+        require_admin()
+        with app.store.reading() as state:
+            queue = sorted((dict(e, id=q) for q, e in state.queue.items()), key=lambda e: e["next_try"])
+            subjects = {e["msg"]: state.messages.get(e["msg"], {}).get("subject", "") for e in queue}
+        return render("admin_mail", events=app.events.recent()[:200], queue=queue, subjects=subjects,
+                      dkim=app.signer.status_text())
+
+    @web.post("/admin/mail/retry")
+    def retry():
+        require_admin()
+        check_csrf()
+        app.queue.retry_now()
+        bottle.redirect("/admin/mail")

@@ -1,0 +1,5 @@
+<nav class="tabs" aria-label="Admin">
+  <a href="/admin/mail">Mail log</a>
+  <a href="/admin/users">Users</a>
+  <a href="/admin/blocklist">Blocklist</a>
+</nav>
