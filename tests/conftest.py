@@ -1,0 +1,341 @@
+"""Test harness: the real mu server in a subprocess, a fake DNS server (dnslib) and a
+capture SMTP server (aiosmtpd) on loopback. Nothing here talks to any other address."""
+
+import base64
+import http.client
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+MU = os.path.join(ROOT, "mu.py")
+ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {message}")
+
+
+def unique(prefix="u") -> str:
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+# ---------------------------------------------------------------- fake DNS
+
+class FakeDNS:
+    """An authoritative-looking DNS server on 127.0.0.1 serving records tests add."""
+
+    def __init__(self):
+        from dnslib import QTYPE, RCODE, RR
+        from dnslib.server import BaseResolver, DNSServer
+
+        self.records = {}
+        self.delay = {}
+        outer = self
+
+        class Resolver(BaseResolver):
+            def resolve(self, request, handler):
+                reply = request.reply()
+                name = str(request.q.qname).lower()
+                qtype = QTYPE[request.q.qtype]
+                if name in outer.delay:
+                    time.sleep(outer.delay[name])
+                    return None
+                rdatas = outer.records.get((name, qtype))
+                if rdatas:
+                    for rd in rdatas:
+                        reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rd, ttl=1))
+                elif not any(k[0] == name for k in outer.records):
+                    reply.header.rcode = RCODE.NXDOMAIN
+                return reply
+
+        self.port = free_port()
+        self.servers = [DNSServer(Resolver(), port=self.port, address="127.0.0.1", tcp=tcp) for tcp in (False, True)]
+        for s in self.servers:
+            s.start_thread()
+
+    def add(self, name: str, qtype: str, value):
+        from dnslib import A, AAAA, MX, TXT
+        name = name.lower().rstrip(".") + "."
+        if qtype == "A":
+            rd = A(value)
+        elif qtype == "AAAA":
+            rd = AAAA(value)
+        elif qtype == "MX":
+            pref, host = value
+            rd = MX(host.rstrip(".") + "." if host != "." else ".", pref)
+        elif qtype == "TXT":
+            data = value.encode()
+            rd = TXT([data[i:i + 255] for i in range(0, len(data), 255)])
+        else:
+            raise ValueError(qtype)
+        self.records.setdefault((name, qtype), []).append(rd)
+
+    def mail_domain(self, domain: str, spf: str = None):
+        """A domain whose MX is 127.0.0.1 (the capture server)."""
+        self.add(domain, "MX", (10, "mx." + domain))
+        self.add("mx." + domain, "A", "127.0.0.1")
+        if spf:
+            self.add(domain, "TXT", spf)
+
+    def stop(self):
+        for s in self.servers:
+            s.stop()
+
+
+# ---------------------------------------------------------------- capture SMTP
+
+class CaptureSMTP:
+    """The remote MX every outbound test delivers to. Rules script replies per domain."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        self.messages = []
+        self.rcpt_rules = {}     # domain -> list of replies, used in turn (the last one repeats)
+        self.data_delay = {}     # domain -> seconds to stall after DATA
+        self.connections = 0
+        outer = self
+
+        class Handler:
+            async def handle_EHLO(self, server, session, envelope, hostname, responses):
+                outer.connections += 1
+                session.host_name = hostname
+                return responses
+
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                domain = address.rpartition("@")[2].lower()
+                rule = outer.rcpt_rules.get(domain)
+                if rule:
+                    reply = rule.pop(0) if len(rule) > 1 else rule[0]
+                    if not reply.startswith("250"):
+                        return reply
+                envelope.rcpt_tos.append(address)
+                return "250 2.1.5 OK"
+
+            async def handle_DATA(self, server, session, envelope):
+                import asyncio
+                domains = {r.rpartition("@")[2].lower() for r in envelope.rcpt_tos}
+                for d in domains:
+                    if d in outer.data_delay:
+                        await asyncio.sleep(outer.data_delay[d])
+                outer.messages.append({"from": envelope.mail_from, "rcpts": list(envelope.rcpt_tos),
+                                       "data": envelope.original_content, "helo": session.host_name})
+                return "250 2.0.0 Accepted"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, data_size_limit=50_000_000)
+        self.controller.start()
+
+    def for_rcpt(self, address: str) -> list:
+        return [m for m in self.messages if address in m["rcpts"]]
+
+    def stop(self):
+        self.controller.stop()
+
+
+# ---------------------------------------------------------------- mu itself
+
+class Mu:
+    """A real `mu.py --serve` process with its own MU_HOME and ports."""
+
+    def __init__(self, home: str, env: dict = None):
+        self.home = home
+        self.web_port = free_port()
+        self.smtp_port = free_port()
+        self.env = dict(os.environ)
+        self.env.update({"MU_HOME": home, "MAIL_PORT": str(self.smtp_port), "MAIL_DOMAIN": "mu.test",
+                         "MAIL_RATE_CONNECTIONS": "100000", "MAIL_RATE_MESSAGES": "100000",
+                         "PYTHONUNBUFFERED": "1"})
+        self.env.update(env or {})
+        self.proc = None
+        self.log_lines = []
+
+    @property
+    def domain(self) -> str:
+        return self.env["MAIL_DOMAIN"]
+
+    def start(self):
+        self.log_lines = []
+        self.proc = subprocess.Popen([sys.executable, MU, "--serve", "--address", f"127.0.0.1:{self.web_port}"],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     cwd=ROOT)
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        wait_for(lambda: self.proc.poll() is not None or any("web: Listening on" in l for l in self.log_lines),
+                 timeout=20, message="mu to start")
+        if self.proc.poll() is not None:
+            raise RuntimeError("mu exited: " + "".join(self.log_lines))
+        return self
+
+    def _pump(self, proc):
+        for raw in proc.stderr:
+            self.log_lines.append(raw.decode("utf-8", "replace"))
+
+    def log(self) -> str:
+        return "".join(self.log_lines)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    # -- CLI
+    def cli(self, *args, input: str = None, check: bool = True):
+        result = subprocess.run([sys.executable, MU, *args], env=self.env, input=input, capture_output=True,
+                                text=True, cwd=ROOT, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"mu {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def add_user(self, name: str = None, password: str = "password1", admin: bool = False, credits: int = 0):
+        name = name or unique()
+        args = ["users", "add", name, "--credits", str(credits)] + (["--admin"] if admin else [])
+        self.cli(*args, input=password + "\n")
+        return name
+
+    def token(self, name: str) -> str:
+        return self.cli("users", "token", name).stdout.strip()
+
+    # -- HTTP
+    def http(self, method: str, path: str, token: str = None, body=None, headers=None, raw: bytes = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=30)
+        hdrs = dict(headers or {})
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        return Response(resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), payload)
+
+    def send(self, token: str, to, subject="hello", body="hi there", **extra):
+        resp = self.http("POST", "/api/mail", token, {"to": to, "subject": subject, "body": body, **extra})
+        assert resp.status == 201, resp.text
+        return resp.json()
+
+    def inbox(self, token: str, folder="inbox", **params):
+        query = "&".join(f"{k}={v}" for k, v in dict(folder=folder, **params).items())
+        resp = self.http("GET", f"/api/mail?{query}", token)
+        assert resp.status == 200, resp.text
+        return resp.json()
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def dns():
+    server = FakeDNS()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def capture():
+    server = CaptureSMTP()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mu_env(dns, capture):
+    return {"MAIL_DNS_SERVER": f"127.0.0.1:{dns.port}", "MAIL_OUTBOUND_PORT": str(capture.port),
+            "MAIL_DNS_TIMEOUT": "2", "MAIL_RETRY_BASE_SECONDS": "0.3", "MAIL_OUTBOUND_TIMEOUT": "3"}
+
+
+@pytest.fixture(scope="module")
+def mu(tmp_path_factory, mu_env):
+    """One running server shared by a test module (tests use unique user names)."""
+    server = Mu(str(tmp_path_factory.mktemp("mu") / "home"), mu_env).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_mu(tmp_path, mu_env):
+    """Start a private server with extra settings: make_mu(MAIL_RATE_CONNECTIONS="3")."""
+    started = []
+
+    def make(**env):
+        server = Mu(str(tmp_path / f"home{len(started)}"), dict(mu_env, **env)).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def smtp_dialog(port: int, lines, timeout=10.0) -> list:
+    """Send raw lines (bytes, CRLF added unless present) and collect every reply line."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    f = s.makefile("rb")
+    replies = [f.readline()]
+    try:
+        for line in lines:
+            data = line if line.endswith(b"\n") else line + b"\r\n"
+            s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass   # the server may close first (a 421 or 554 greeting)
+    try:
+        for raw in f:
+            replies.append(raw)
+    except OSError:
+        pass
+    s.close()
+    return [r.decode("utf-8", "replace").rstrip("\r\n") for r in replies]
+
+
+def codes(replies) -> list:
+    """Final reply codes (continuation lines like 250-SIZE dropped)."""
+    return [int(r[:3]) for r in replies if len(r) >= 4 and r[3] == " "]
