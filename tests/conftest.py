@@ -49,7 +49,7 @@ class FakeDNS:
 
     def __init__(self):
         from dnslib import QTYPE, RCODE, RR
-        from dnslib.server import BaseResolver, DNSServer
+        from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
         self.records = {}
         self.delay = {}
@@ -72,7 +72,9 @@ class FakeDNS:
                 return reply
 
         self.port = free_port()
-        self.servers = [DNSServer(Resolver(), port=self.port, address="127.0.0.1", tcp=tcp) for tcp in (False, True)]
+        quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
+        self.servers = [DNSServer(Resolver(), port=self.port, address="127.0.0.1", tcp=tcp, logger=quiet)
+                        for tcp in (False, True)]
         for s in self.servers:
             s.start_thread()
 
