@@ -5,6 +5,7 @@ shown as text with replacement characters, because losing a message is worse.
 """
 
 import email
+import email.header
 import email.policy
 import email.utils
 import re
@@ -12,19 +13,34 @@ import re
 _MSGID = re.compile(r"<[^<>\s]+>")
 
 
-def _header(msg, name: str) -> str:
+def decode_words(value: str) -> str:
+    """RFC 2047 encoded words decoded; text that will not decode is kept as it came."""
+    if "=?" not in value:
+        return " ".join(value.split())
     try:
-        value = msg.get(name)
-        return str(value) if value is not None else ""
-    except Exception:  # undecodable header: fall back to the raw text
-        raw = msg.get_all(name, failobj=[None])
-        return str(raw[0] or "")
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except Exception:
+        return " ".join(value.split())
 
 
-def _addresses(msg, name: str) -> list:
+def _raw_headers(msg) -> dict:
+    """Header name (lower case) -> raw values, read without the header registry's full
+    structured parse, which costs more than everything else mu does with a message."""
+    headers = {}
+    for name, value in msg.raw_items():
+        headers.setdefault(name.lower(), []).append(str(value).replace("\r", "").replace("\n", ""))
+    return headers
+
+
+def _header(headers: dict, name: str) -> str:
+    values = headers.get(name.lower())
+    return decode_words(values[0]) if values else ""
+
+
+def _addresses(headers: dict, name: str) -> list:
     try:
-        values = msg.get_all(name, failobj=[])
-        return [(n, a) for n, a in email.utils.getaddresses([str(v) for v in values]) if a]
+        pairs = email.utils.getaddresses(headers.get(name.lower(), []))
+        return [(decode_words(n), a) for n, a in pairs if a and "@" in a]
     except Exception:
         return []
 
@@ -39,7 +55,8 @@ def _part_text(part) -> str:
 
 def parse(raw: bytes) -> dict:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
-    from_list = _addresses(msg, "From")
+    headers = _raw_headers(msg)
+    from_list = _addresses(headers, "From")
     from_name, from_addr = from_list[0] if from_list else ("", "")
     text_parts, html_parts, attachments = [], [], []
     try:
@@ -73,16 +90,16 @@ def parse(raw: bytes) -> dict:
     html = "\n".join(html_parts)
     if not text and html:
         text = html_to_text(html)
-    references = _MSGID.findall(_header(msg, "References"))
-    in_reply_to = _MSGID.findall(_header(msg, "In-Reply-To"))
-    message_id = _MSGID.findall(_header(msg, "Message-ID"))
+    references = _MSGID.findall(_header(headers, "References"))
+    in_reply_to = _MSGID.findall(_header(headers, "In-Reply-To"))
+    message_id = _MSGID.findall(_header(headers, "Message-ID"))
     return {
-        "subject": _header(msg, "Subject").replace("\r", "").replace("\n", ""),
+        "subject": _header(headers, "Subject").replace("\r", "").replace("\n", ""),
         "from_name": from_name,
         "from_addr": from_addr,
-        "to": [a for _, a in _addresses(msg, "To")],
-        "cc": [a for _, a in _addresses(msg, "Cc")],
-        "date": _header(msg, "Date"),
+        "to": [a for _, a in _addresses(headers, "To")],
+        "cc": [a for _, a in _addresses(headers, "Cc")],
+        "date": _header(headers, "Date"),
         "message_id": message_id[0] if message_id else "",
         "in_reply_to": in_reply_to[0] if in_reply_to else "",
         "references": references,

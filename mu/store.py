@@ -23,6 +23,7 @@ running server without a restart.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import threading
@@ -41,34 +42,50 @@ class StoreError(Exception):
 
 
 class BlobPacks:
-    """Append-only pack files; a blob is named by `pack:offset:length`."""
+    """Append-only pack files; a blob is named by `pack:offset:length`.
+
+    Appends happen only under the store's exclusive flock, so the open descriptor of
+    the current pack is cached and re-checked (size, rotation) at each append.
+    """
 
     def __init__(self, folder: str):
         self.folder = safeio.ensure_dir(folder)
+        self._name = None
+        self._fd = None
 
-    def _current(self) -> str:
-        packs = sorted(n for n in os.listdir(self.folder) if n.endswith(".pack"))
-        if packs:
-            last = os.path.join(self.folder, packs[-1])
-            if os.path.getsize(last) < PACK_ROTATE_BYTES:
-                return packs[-1]
-            number = int(packs[-1].split(".")[0]) + 1
+    def _open_current(self) -> int:
+        if self._fd is not None:
+            if os.fstat(self._fd).st_size < PACK_ROTATE_BYTES:
+                newest = self._newest()
+                if newest == self._name:
+                    return self._fd
+            os.close(self._fd)
+            self._fd = None
+        newest = self._newest()
+        if newest and os.path.getsize(os.path.join(self.folder, newest)) < PACK_ROTATE_BYTES:
+            name = newest
         else:
-            number = 1
-        name = f"{number:06d}.pack"
-        os.close(safeio.open_append(os.path.join(self.folder, name)))
-        safeio.fsync_dir(self.folder)
-        return name
+            name = f"{(int(newest.split('.')[0]) + 1) if newest else 1:06d}.pack"
+        self._fd = safeio.open_append(os.path.join(self.folder, name))
+        if not newest or name != newest:
+            safeio.fsync_dir(self.folder)
+        self._name = name
+        return self._fd
+
+    def _newest(self):
+        if self._name and not os.path.exists(os.path.join(self.folder, f"{int(self._name[:6]) + 1:06d}.pack")):
+            return self._name
+        packs = sorted(n for n in os.listdir(self.folder) if n.endswith(".pack"))
+        return packs[-1] if packs else None
 
     def append(self, blobs) -> list:
         """Write every blob durably (caller holds the store's flock); return their refs."""
         if not blobs:
             return []
-        name = self._current()
-        fd = safeio.open_append(os.path.join(self.folder, name))
+        fd = self._open_current()
+        offset = os.fstat(fd).st_size
+        refs = []
         try:
-            offset = os.fstat(fd).st_size
-            refs = []
             for blob in blobs:
                 view = memoryview(blob)
                 start = offset
@@ -76,18 +93,23 @@ class BlobPacks:
                     written = os.write(fd, view)
                     view = view[written:]
                     offset += written
-                refs.append(f"{name[:-5]}:{start}:{len(blob)}")
+                refs.append(f"{self._name[:-5]}:{start}:{len(blob)}")
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            self._fd = None
+            raise
         return refs
 
     def read(self, ref: str) -> bytes:
         pack, offset, length = ref.split(":")
         if not pack.isdigit():
             raise KeyError(ref)
-        with open(os.path.join(self.folder, pack + ".pack"), "rb") as f:
-            return os.pread(f.fileno(), int(length), int(offset))
+        fd = os.open(os.path.join(self.folder, pack + ".pack"), os.O_RDONLY)
+        try:
+            return os.pread(fd, int(length), int(offset))
+        finally:
+            os.close(fd)
 
 
 class _Ticket:
@@ -114,6 +136,8 @@ class Store:
         self._journal_ino = None
         self._journal_offset = 0
         self._journal_records = 0
+        self._journal_fd = None
+        self._writer_lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, safeio.FILE_MODE)
         with safeio.flocked(self.lock_path, exclusive=True):
             with self._mu:
                 self._load_all(truncate_torn=True)
@@ -224,9 +248,18 @@ class Store:
             raise ticket.error
         return ticket.result
 
+    @contextlib.contextmanager
+    def _writer_lock(self):
+        """flock(LOCK_EX) on a descriptor only the commit leader uses (one leader at a time)."""
+        fcntl.flock(self._writer_lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer_lock_fd, fcntl.LOCK_UN)
+
     def _write_batch(self, batch) -> None:
         try:
-            with safeio.flocked(self.lock_path, exclusive=True):
+            with self._writer_lock():
                 with self._mu:
                     self._catch_up(truncate_torn=True)
                 refs = self.blobs.append([b for t in batch for b in t.blobs])
@@ -261,20 +294,21 @@ class Store:
 
     def _append_lines(self, lines) -> None:
         data = ("\n".join(lines) + "\n").encode("utf-8")
-        fd = safeio.open_append(self.journal_path)
-        try:
+        fd = self._journal_fd
+        if fd is None or os.fstat(fd).st_ino != self._journal_ino:
+            if fd is not None:
+                os.close(fd)
+            fd = self._journal_fd = safeio.open_append(self.journal_path)
             if os.fstat(fd).st_ino != self._journal_ino:
                 raise StoreError("journal replaced during a write")
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            except OSError:
-                os.ftruncate(fd, self._journal_offset)
-                raise
-        finally:
-            os.close(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, self._journal_offset)
+            raise
         with self._mu:
             self._journal_offset += len(data)
             self._journal_records += len(lines)

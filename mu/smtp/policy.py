@@ -2,6 +2,7 @@
 (never a relay), then authentication (SPF, DKIM, DMARC) and durable storage."""
 
 import email.utils
+import re
 import socket
 import time
 
@@ -129,8 +130,12 @@ class ReceivePolicy:
         return (received + received_spf + auth_results).encode("utf-8"), auth
 
 
+_UNSAFE_IN_TRACE = re.compile(r'[^\x20-\x7e\u00a0-\uffff]|[;"\\]')
+
+
 def _clean(text) -> str:
-    return "".join(c for c in str(text or "") if c.isprintable() and c not in ";\"\\")[:200]
+    """Text safe inside a trace header: printable, no quotes or separators, bounded."""
+    return _UNSAFE_IN_TRACE.sub("", str(text or ""))[:200]
 
 
 def parse_from_domain(data: bytes) -> str:

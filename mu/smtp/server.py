@@ -1,14 +1,17 @@
 """The SMTP listener: sockets, bounded reads, timeouts, TLS and one thread per connection.
 
-`socketserver.ThreadingTCPServer` accepts; each connection gets a `Connection` that reads
+A `socketserver.TCPServer` accepts; each connection gets its own thread (reused for a later
+connection once it is done) and a `Connection` that reads
 lines with hard length limits, hands them to a `Session`, and writes the replies. Replies
 are flushed only when the client has nothing more buffered, which is what PIPELINING
 (RFC 2920) asks of a server.
 """
 
+import queue
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 
 from ..log import log
@@ -45,7 +48,10 @@ class LineReader:
 
     def _fill(self) -> None:
         self.before_block()
-        data = self.sock.recv(_READ_CHUNK)
+        try:
+            data = self.sock.recv(_READ_CHUNK)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            raise socket.timeout("read timed out") from None   # SO_RCVTIMEO expired
         if not data:
             raise ClientGone()
         self.buf = self.buf[self.pos:] + data if self.pos < len(self.buf) else data
@@ -98,6 +104,19 @@ def read_data(reader: LineReader, max_bytes: int) -> tuple:
     return b"".join(chunks), None
 
 
+def set_io_timeout(sock, seconds: float) -> None:
+    """Read/write timeouts kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO) on a blocking socket.
+
+    Python's own socket timeout polls before every recv and send; with the kernel's
+    timers each read is one system call, which matters with many threads sharing the GIL.
+    """
+    sock.settimeout(None)
+    whole = int(seconds)
+    packed = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, packed)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, packed)
+
+
 class Connection:
     def __init__(self, server, sock, peer_ip: str):
         self.server = server
@@ -105,7 +124,7 @@ class Connection:
         self.sock = sock
         self.peer_ip = peer_ip
         self.out = []
-        sock.settimeout(self.config.smtp_timeout_seconds)
+        set_io_timeout(sock, self.config.smtp_timeout_seconds)
         self.reader = LineReader(sock, self.flush)
 
     def send(self, reply) -> None:
@@ -114,7 +133,10 @@ class Connection:
     def flush(self) -> None:
         if self.out:
             data, self.out = b"".join(self.out), []
-            self.sock.sendall(data)
+            try:
+                self.sock.sendall(data)
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                raise socket.timeout("write timed out") from None   # SO_SNDTIMEO expired
 
     def run(self) -> None:
         tls = self.server.tls_context is not None
@@ -164,19 +186,37 @@ def _peer_ip(address) -> str:
     return ip[7:] if ip.startswith("::ffff:") else ip   # IPv4-mapped IPv6
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        try:
-            Connection(self.server, self.request, _peer_ip(self.client_address)).run()
-        finally:
-            self.server.release_slot()
+class _ConnectionThreads:
+    """One thread per connection for the connection's whole life; a finished thread waits
+    for the next connection instead of exiting, so a busy server does not pay for thread
+    creation on every message. Never more threads than connection slots."""
+
+    def __init__(self, serve):
+        self._serve = serve
+        self._handoff = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, request, client_address) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._handoff.put((request, client_address))
+        if spawn:
+            threading.Thread(target=self._loop, name="smtp-conn", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            request, client_address = self._handoff.get()
+            self._serve(request, client_address)
+            with self._lock:
+                self._idle += 1
 
 
-class SMTPServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
+class SMTPServer(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 256
-    block_on_close = False
 
     def __init__(self, config, policy, host: str = "", port: int = None):
         self.config = config
@@ -187,17 +227,18 @@ class SMTPServer(socketserver.ThreadingTCPServer):
             ctx.load_cert_chain(config.tls_cert, config.tls_key)
             self.tls_context = ctx
         self._slots = threading.BoundedSemaphore(config.max_smtp_connections)
+        self._threads = _ConnectionThreads(self._serve_connection)
         port = config.smtp_port if port is None else port
         host = host or config.smtp_host
         self.address_family = socket.AF_INET6 if (not host or ":" in host) and socket.has_ipv6 else socket.AF_INET
         try:
             super().__init__((host or ("::" if self.address_family == socket.AF_INET6 else ""), port),
-                             _Handler, bind_and_activate=True)
+                             socketserver.BaseRequestHandler, bind_and_activate=True)
         except OSError:
             if self.address_family != socket.AF_INET6 or host:
                 raise
             self.address_family = socket.AF_INET
-            super().__init__(("", port), _Handler, bind_and_activate=True)
+            super().__init__(("", port), socketserver.BaseRequestHandler, bind_and_activate=True)
 
     def server_bind(self):
         if self.address_family == socket.AF_INET6:
@@ -213,14 +254,16 @@ class SMTPServer(socketserver.ThreadingTCPServer):
                 pass
             self.shutdown_request(request)
             return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
-            raise
+        self._threads.submit(request, client_address)
 
-    def release_slot(self):
-        self._slots.release()
+    def _serve_connection(self, request, client_address):
+        try:
+            Connection(self, request, _peer_ip(client_address)).run()
+        except Exception as exc:
+            log("smtp", f"connection from {client_address[0]} failed: {exc!r}")
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
 
     @property
     def port(self) -> int:

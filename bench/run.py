@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""mu benchmarks: `make bench`. Prints one table; every figure is measured in this run.
+
+Everything runs on loopback: mu, an aiosmtpd sink, Postfix's smtp-sink, a dnslib DNS
+server and a bare Bottle+Waitress app, so ratios compare like with like on this machine.
+"""
+
+import http.client
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from conftest import FakeDNS, Mu, free_port, wait_for  # noqa: E402
+from mu import config as config_mod  # noqa: E402
+from mu.store import Store  # noqa: E402
+
+ROWS = []
+
+
+def row(name, value, unit, note=""):
+    ROWS.append((name, value, unit, note))
+    print(f"  {name:<58} {value:>12} {unit:<8} {note}", flush=True)
+
+
+def fake_message(i: int, user: str, folder: str = "inbox") -> dict:
+    mid = f"{1_700_000_000_000_000 + i:016x}0000"
+    return {"id": mid, "kind": "internal", "from": "alice", "from_addr": "alice@localhost", "from_name": "alice",
+            "to": [user], "subject": f"message number {i}", "snippet": "hello " * 10, "body": "hello " * 40,
+            "created_at": 1_700_000_000 + i, "message_id": f"<{i}@bench>", "thread_id": mid,
+            "in_reply_to": "", "references": [], "attachments": [],
+            "boxes": {user: {"folder": folder, "read": False}}}
+
+
+def fill(store: Store, count: int, user: str = "bench", start: int = 0) -> None:
+    batch = 2000
+    for base in range(start, start + count, batch):
+        records = [{"op": "msg.add", "msg": fake_message(i, user)} for i in range(base, min(base + batch, start + count))]
+        store.commit(lambda state, refs, r=records: (r, None))
+
+
+# ---------------------------------------------------------------- store
+
+def bench_store(tmp):
+    print("store", flush=True)
+    costs = {}
+    for size in (0, 10_000, 100_000):
+        home = os.path.join(tmp, f"store{size}")
+        store = Store(home)
+        fill(store, size)
+        samples = []
+        for i in range(300):
+            rec = [{"op": "msg.add", "msg": fake_message(10_000_000 + i, "bench")}]
+            t = time.perf_counter()
+            store.commit(lambda state, refs: (rec, None))
+            samples.append(time.perf_counter() - t)
+        costs[size] = statistics.median(samples) * 1e6
+        row(f"add one message (fsynced), store of {size:,}", f"{costs[size]:.0f}", "µs", "median of 300")
+    row("add cost ratio 100,000 / 0", f"{costs[100_000] / costs[0]:.2f}", "x", "target ≤ 1.2")
+    home = os.path.join(tmp, "store100000")
+    Store(home).compact()
+    code = ("import sys,time; sys.path.insert(0, sys.argv[2]); from mu.store import Store;"
+            "rss=lambda: int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]);"
+            "b=rss(); t=time.perf_counter(); s=Store(sys.argv[1]);"
+            "d=time.perf_counter()-t; print(d, rss()-b, len(s.state.messages))")
+    out = subprocess.run([sys.executable, "-c", code, home, ROOT], capture_output=True, text=True, check=True).stdout
+    seconds, rss_kb, count = out.split()
+    row(f"load a {int(count):,}-message store (snapshot)", f"{float(seconds):.2f}", "s")
+    row("  memory held after that load (RSS growth)", f"{int(rss_kb) / 1024:.0f}", "MiB")
+
+
+# ---------------------------------------------------------------- SMTP receive
+
+def smtp_source_rate(port: int, rcpt: str) -> float:
+    t = time.perf_counter()
+    subprocess.run(["/usr/sbin/smtp-source", "-s", "5", "-m", "1000", "-l", "4096", "-f", "load@example.org",
+                    "-t", rcpt, f"127.0.0.1:{port}"], check=True, capture_output=True, timeout=600)
+    return 1000 / (time.perf_counter() - t)
+
+
+def wait_port(port):
+    wait_for(lambda: _connectable(port), timeout=20, message=f"port {port}")
+
+
+def _connectable(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def bench_smtp(tmp, dns_port):
+    print("SMTP receive (smtp-source -s 5 -m 1000 -l 4096)", flush=True)
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c",
+                             "aiosmtpd.handlers.Sink"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        aio = smtp_source_rate(port, "x@localhost")
+    finally:
+        sink.terminate()
+        sink.wait()
+    row("aiosmtpd Sink (discards)", f"{aio:.0f}", "msg/s")
+    port = free_port()
+    pf = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{port}", "256"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        pfs = smtp_source_rate(port, "x@localhost")
+    finally:
+        pf.terminate()
+        pf.wait()
+    row("Postfix smtp-sink (discards)", f"{pfs:.0f}", "msg/s")
+    mu = Mu(os.path.join(tmp, "smtp"), {"MAIL_DOMAIN": "localhost", "MAIL_DNS_SERVER": f"127.0.0.1:{dns_port}"})
+    mu.add_user("bench")
+    mu.start()
+    try:
+        rate = smtp_source_rate(mu.smtp_port, "bench@localhost")
+        stored = mu.inbox(mu.token("bench"), limit=1)["unread"]
+    finally:
+        mu.stop()
+    row("mu (stores every message durably)", f"{rate:.0f}", "msg/s", f"{stored} stored")
+    row("ratio mu / aiosmtpd", f"{rate / aio:.2f}", "x", "target ≥ 1.0")
+
+
+# ---------------------------------------------------------------- outbound
+
+def bench_outbound(tmp, dns):
+    print("outbound delivery to a local sink", flush=True)
+    sink_port = free_port()
+    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{sink_port}", "256"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(sink_port)
+        for n_domains in (1, 50):
+            domains = [f"sink{n_domains}-{i}.example" for i in range(n_domains)]
+            for d in domains:
+                dns.mail_domain(d)
+            home = os.path.join(tmp, f"out{n_domains}")
+            env = {"MAIL_DOMAIN": "localhost", "MAIL_DNS_SERVER": f"127.0.0.1:{dns.port}",
+                   "MAIL_OUTBOUND_PORT": str(sink_port), "CREDIT_COST_EMAIL": "0"}
+            mu = Mu(home, env)
+            mu.add_user("sender")
+            _queue_offline(mu, "sender", [f"rcpt{i}@{domains[i % n_domains]}" for i in range(1000)])
+            t0 = time.perf_counter()
+            mu.start()
+            wait_for(lambda: mu.http("GET", "/healthz").json()["queue_depth"] == 0, timeout=600, interval=0.05)
+            elapsed = time.perf_counter() - t0
+            mu.stop()
+            row(f"1,000 queued messages to {n_domains} domain{'s' if n_domains > 1 else ''}",
+                f"{1000 / elapsed:.0f}", "msg/s", "DKIM off; includes start-up")
+    finally:
+        sink.terminate()
+        sink.wait()
+
+
+def _queue_offline(mu, user, rcpts):
+    """Queue messages with the server stopped, through mu's own Mailbox."""
+    env = dict(os.environ, **mu.env)
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]);"
+            "from mu import config; from mu.app import App;"
+            "app = App(config.load());"
+            "[app.mailbox.send(sys.argv[2], r, 'bench', 'hello from the benchmark\\n' * 20) for r in json.loads(sys.argv[3])]")
+    subprocess.run([sys.executable, "-c", code, ROOT, user, json.dumps(rcpts)], env=env, check=True)
+
+
+# ---------------------------------------------------------------- web
+
+def timed_gets(port, path, headers, n=100):
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        samples.append(time.perf_counter() - t)
+        assert resp.status == 200, resp.status
+    conn.close()
+    return statistics.median(samples) * 1000
+
+
+def throughput(port, path, headers, seconds=4.0, threads=8):
+    count = [0]
+    stop = time.perf_counter() + seconds
+
+    def worker():
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        n = 0
+        while time.perf_counter() < stop:
+            conn.request("GET", path, headers=headers)
+            conn.getresponse().read()
+            n += 1
+        count[0] += n
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return count[0] / (time.perf_counter() - t0)
+
+
+HELLO_APP = """
+import sys, bottle, waitress
+app = bottle.Bottle()
+@app.get('/')
+def hello():
+    return 'hello'
+waitress.serve(app, host='127.0.0.1', port=int(sys.argv[1]), threads=16, _quiet=True)
+"""
+
+
+def bench_web(tmp):
+    print("web", flush=True)
+    home = os.path.join(tmp, "web")
+    mu = Mu(home, {"MAIL_DOMAIN": "localhost"})
+    mu.add_user("small")
+    mu.add_user("big")
+    store = Store(home)
+    fill(store, 10, user="small")
+    fill(store, 20_000, user="big", start=100)
+    del store
+    mu.start()
+    try:
+        results = {}
+        for user in ("small", "big"):
+            auth = {"Authorization": "Bearer " + mu.token(user)}
+            api = timed_gets(mu.web_port, "/api/mail?folder=inbox", auth)
+            cookie = _session_cookie(mu, user)
+            page = timed_gets(mu.web_port, "/mail", {"Cookie": cookie})
+            results[user] = (api, page, cookie)
+        row("GET /api/mail, inbox of 10", f"{results['small'][0]:.2f}", "ms", "median")
+        row("GET /api/mail, inbox of 20,000", f"{results['big'][0]:.2f}", "ms", "median")
+        row("  ratio 20,000 / 10", f"{results['big'][0] / results['small'][0]:.2f}", "x")
+        row("GET /mail page, inbox of 10", f"{results['small'][1]:.2f}", "ms", "median")
+        row("GET /mail page, inbox of 20,000", f"{results['big'][1]:.2f}", "ms", "median")
+        row("  ratio 20,000 / 10", f"{results['big'][1] / results['small'][1]:.2f}", "x")
+        inbox_rps = throughput(mu.web_port, "/mail", {"Cookie": results["small"][2]})
+    finally:
+        mu.stop()
+    port = free_port()
+    hello = subprocess.Popen([sys.executable, "-c", HELLO_APP, str(port)])
+    try:
+        wait_port(port)
+        hello_rps = throughput(port, "/", {})
+    finally:
+        hello.terminate()
+        hello.wait()
+    row("inbox page requests/s (8 clients)", f"{inbox_rps:.0f}", "req/s")
+    row("bare Bottle+Waitress 'hello' requests/s", f"{hello_rps:.0f}", "req/s")
+    row("  ratio inbox / hello", f"{inbox_rps / hello_rps:.2f}", "x")
+
+
+def _session_cookie(mu, user):
+    import re
+    resp = mu.http("GET", "/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', resp.text).group(1)
+    pre = resp.headers["set-cookie"].split(";")[0]
+    resp = mu.http("POST", "/login", raw=f"csrf={csrf}&username={user}&password=password1".encode(),
+                   headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": pre})
+    return resp.headers["set-cookie"].split(";")[0]
+
+
+def main():
+    started = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix="mu-bench-")
+    dns = FakeDNS()
+    print(f"mu benchmarks on {os.cpu_count()} cores, Python {sys.version.split()[0]}\n", flush=True)
+    try:
+        only = sys.argv[1:] or ["store", "smtp", "outbound", "web"]
+        if "store" in only:
+            bench_store(tmp)
+        if "smtp" in only:
+            bench_smtp(tmp, dns.port)
+        if "outbound" in only:
+            bench_outbound(tmp, dns)
+        if "web" in only:
+            bench_web(tmp)
+    finally:
+        dns.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\n| benchmark | value | unit | note |\n|---|---:|---|---|")
+    for name, value, unit, note in ROWS:
+        print(f"| {name.strip()} | {value} | {unit} | {note} |")
+    print(f"\ntotal time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
