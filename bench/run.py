@@ -267,12 +267,17 @@ def bench_web(tmp):
 
 def _session_cookie(mu, user):
     import re
-    resp = mu.http("GET", "/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', resp.text).group(1)
-    pre = resp.headers["set-cookie"].split(";")[0]
-    resp = mu.http("POST", "/login", raw=f"csrf={csrf}&username={user}&password=password1".encode(),
-                   headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": pre})
-    return resp.headers["set-cookie"].split(";")[0]
+    conn = http.client.HTTPConnection("127.0.0.1", mu.web_port)
+    conn.request("GET", "/login")
+    resp = conn.getresponse()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', resp.read().decode()).group(1)
+    pre = resp.getheader("Set-Cookie").split(";")[0]
+    conn.request("POST", "/login", body=f"csrf={csrf}&username={user}&password=password1",
+                 headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": pre})
+    resp = conn.getresponse()
+    resp.read()
+    cookies = [v.split(";")[0] for k, v in resp.getheaders() if k.lower() == "set-cookie"]
+    return next(c for c in cookies if c.startswith("mu_session="))
 
 
 def main():

@@ -65,7 +65,7 @@ class App:
 
 def _claim_home(home: str):
     """One server per MU_HOME: a second one would deliver the queue twice."""
-    fd = os.open(os.path.join(home, ".server.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = safeio.open_lock_file(os.path.join(home, ".server.lock"))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -59,6 +59,14 @@ def open_append(path: str) -> int:
     return fd
 
 
+def open_lock_file(path: str) -> int:
+    """A descriptor on a lock file, created 0600 holding `{}` so it too is valid JSON."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    if os.fstat(fd).st_size == 0:
+        os.pwrite(fd, b"{}\n", 0)
+    return fd
+
+
 @contextlib.contextmanager
 def flocked(path: str, exclusive: bool = True):
     """Hold flock(2) on `path` (a dedicated lock file) for the `with` body.
@@ -66,7 +74,7 @@ def flocked(path: str, exclusive: bool = True):
     A separate lock file is used because the data files are replaced by rename,
     and a lock on a replaced inode protects nothing.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    fd = open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield fd

@@ -123,3 +123,36 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
             for n in acknowledged[-5:]:
                 assert s.read_blob(state.users[n]["blob"]) == n.encode() * 50
     assert len(acknowledged) > 20
+
+
+def test_every_file_is_json_or_json_lines(make_mu):
+    import smtplib
+    mu = make_mu()
+    name = mu.add_user()
+    mu.cli("blocklist", "add", "x@y.org")
+    mu.send(mu.token(name), name, subject="s", body="b" * 5000)
+    with smtplib.SMTP("127.0.0.1", mu.smtp_port) as s:
+        s.sendmail("a@example.org", [f"{name}@mu.test"], b"Subject: x\r\n\r\n" + b"\xc3\xa9 8bit\r\n" * 500)
+    checked = 0
+    for folder, _dirs, files in os.walk(mu.home):
+        for f in files:
+            data = open(os.path.join(folder, f), "rb").read()
+            if f.endswith((".journal", ".jsonl")):
+                for line in data.splitlines():
+                    json.loads(line)
+            else:
+                json.loads(data)
+            checked += 1
+    assert checked >= 5
+
+
+def test_torn_blob_line_is_cut_before_the_next_append(tmp_path):
+    s = Store(str(tmp_path))
+    s.commit(lambda state, refs: ([], refs), blobs=[b"first"])
+    pack = next((tmp_path / "blobs").iterdir())
+    with open(pack, "ab") as f:
+        f.write(b'"dG9ybg')          # a crash mid-append
+    s2 = Store(str(tmp_path))
+    refs = s2.commit(lambda state, refs: ([], refs), blobs=[b"second"])
+    assert s2.read_blob(refs[0]) == b"second"
+    assert [json.loads(l) for l in pack.read_bytes().splitlines()] == ["Zmlyc3Q=", "c2Vjb25k"]

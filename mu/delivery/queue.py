@@ -150,35 +150,47 @@ class DeliveryQueue:
                 last_error = str(exc)
                 continue
             for address in addresses:
+                # Several connections to one address when there is more mail than one carries.
+                while pending and not self.stopping.is_set():
+                    sent_before = len(pending)
+                    error = self._deliver_over_one_connection(host, address, pending)
+                    if error:
+                        last_error = error
+                    if error or len(pending) == sent_before:
+                        break
                 if not pending:
                     break
-                try:
-                    session = client.RemoteSession(host, address, self.config.outbound_port, self.config.domain,
-                                                   self.config.outbound_timeout_seconds)
-                except client.TEMPORARY_ERRORS as exc:
-                    last_error = f"connect to {host}[{address}]:{self.config.outbound_port}: {_describe(exc)}"
-                    continue
-                try:
-                    while pending and not self.stopping.is_set():
-                        qid = pending[0]
-                        job = self._load(qid)
-                        if job is None:
-                            pending.pop(0)
-                            continue
-                        entry, message = job
-                        try:
-                            results = session.send(entry["from_addr"], entry["rcpts"], message)
-                        except client.TEMPORARY_ERRORS as exc:
-                            last_error = f"{host}[{address}]: {_describe(exc)}"
-                            break   # this connection is unusable; try the next address
-                        pending.pop(0)
-                        self._record(qid, results)
-                        if len(qids) - len(pending) >= MAX_MESSAGES_PER_CONNECTION:
-                            break
-                finally:
-                    session.close()
         for qid in pending:
             self._record(qid, {}, default=client.Outcome(False, False, last_error))
+
+    def _deliver_over_one_connection(self, host: str, address: str, pending: list):
+        """Send queued entries from `pending` (removing each one done); an error text if the
+        connection failed."""
+        port = self.config.outbound_port
+        try:
+            session = client.RemoteSession(host, address, port, self.config.domain,
+                                           self.config.outbound_timeout_seconds)
+        except client.TEMPORARY_ERRORS as exc:
+            return f"connect to {host}[{address}]:{port}: {_describe(exc)}"
+        try:
+            for _ in range(MAX_MESSAGES_PER_CONNECTION):
+                if not pending or self.stopping.is_set():
+                    break
+                qid = pending[0]
+                job = self._load(qid)
+                if job is None:
+                    pending.pop(0)
+                    continue
+                entry, message = job
+                try:
+                    results = session.send(entry["from_addr"], entry["rcpts"], message)
+                except client.TEMPORARY_ERRORS as exc:
+                    return f"{host}[{address}]: {_describe(exc)}"   # try the next address
+                pending.pop(0)
+                self._record(qid, results)
+        finally:
+            session.close()
+        return None
 
     def _load(self, qid: str):
         with self.store.reading() as state:
