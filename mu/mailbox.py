@@ -280,6 +280,31 @@ class Mailbox:
             page = [self.view(state.messages[i], user, with_body=False) for i in reversed(ids[max(0, end - limit):end])]
             return page, state.unread.get((user, folder), 0)
 
+    def conversations(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None) -> list:
+        """The folder grouped by thread, newest thread first: each entry is the thread's newest
+        message in the folder, with `count` (messages in the folder) and `unread_count`."""
+        import bisect
+        limit = max(1, min(int(limit), MAX_PAGE))
+        seen, out = set(), []
+        with self.store.reading() as state:
+            ids = state.folders.get((user, folder), [])
+            end = bisect.bisect_left(ids, before) if before else len(ids)
+            for i in reversed(ids[:end]):
+                msg = state.messages[i]
+                if msg["thread_id"] in seen:
+                    continue
+                seen.add(msg["thread_id"])
+                members = [state.messages[m] for m in state.threads.get(msg["thread_id"], [])
+                           if m in state.messages and state.messages[m]["boxes"].get(user, {}).get("folder") == folder]
+                entry = self.view(msg, user, with_body=False)
+                entry["count"] = len(members)
+                entry["unread_count"] = sum(1 for m in members if not m["boxes"][user].get("read"))
+                entry["read"] = entry["unread_count"] == 0
+                out.append(entry)
+                if len(out) >= limit:
+                    break
+        return out
+
     def unread_count(self, user: str) -> int:
         with self.store.reading() as state:
             return state.unread.get((user, "inbox"), 0)
@@ -296,10 +321,8 @@ class Mailbox:
     def thread(self, user: str, msg_id: str) -> list:
         with self.store.reading() as state:
             msg = self._visible(state, user, msg_id)
-            thread_id = msg["thread_id"]
-            members = [m for m in state.messages.values()
-                       if m["thread_id"] == thread_id and user in m["boxes"]] if thread_id != msg["id"] else [msg]
-            members = [dict(m) for m in sorted(members, key=lambda m: m["id"])]
+            members = [dict(state.messages[i]) for i in state.threads.get(msg["thread_id"], [msg["id"]])
+                       if i in state.messages and user in state.messages[i]["boxes"]]
         return [self.view(m, user) for m in members]
 
     def set_read(self, user: str, msg_id: str, read: bool) -> None:

@@ -21,6 +21,7 @@ class State:
         self.folders = {}    # (user, folder) -> ids, ascending (ids sort by time)
         self.unread = {}     # (user, folder) -> count
         self.by_message_id = {}  # RFC 5322 Message-ID -> id
+        self.threads = {}    # thread id -> ids of its messages, ascending
 
     # ------------------------------------------------------------ persistence
 
@@ -30,7 +31,8 @@ class State:
             "users": self.users,
             "tokens": self.tokens,
             "sessions": {k: v for k, v in self.sessions.items() if v.get("expires", 0) > now},
-            "messages": self.messages,
+            "messages": {k: m for k, m in self.messages.items()
+                         if m["boxes"] or any(q["msg"] == k for q in self.queue.values())},
             "queue": self.queue,
         }
 
@@ -51,6 +53,11 @@ class State:
         self.messages[msg["id"]] = msg
         if msg.get("message_id"):
             self.by_message_id.setdefault(msg["message_id"], msg["id"])
+        members = self.threads.setdefault(msg["thread_id"], [])
+        if not members or members[-1] < msg["id"]:
+            members.append(msg["id"])
+        else:
+            bisect.insort(members, msg["id"])
         for user, box in msg.get("boxes", {}).items():
             self._box_add(user, box, msg["id"])
 
@@ -127,6 +134,11 @@ class State:
                 del self.messages[r["id"]]
                 if self.by_message_id.get(msg.get("message_id")) == r["id"]:
                     del self.by_message_id[msg["message_id"]]
+                members = self.threads.get(msg["thread_id"], [])
+                if r["id"] in members:
+                    members.remove(r["id"])
+                if not members:
+                    self.threads.pop(msg["thread_id"], None)
 
     def _op_queue_put(self, r):
         self.queue[r["id"]] = r["entry"]

@@ -275,3 +275,21 @@ def test_html_body_served_with_no_script_csp(site, mu):
     resp = opener.open(site + f"/mail/{msg_id}/html")
     csp = resp.headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp and "script-src" not in csp and "sandbox" in csp
+
+
+def test_conversation_view_groups_threads(browser, site, mu):
+    a, b = mu.add_user(), mu.add_user()
+    ta, tb = mu.token(a), mu.token(b)
+    first = mu.send(ta, b, subject="plans")
+    mu.send(tb, a, subject="", body="ok", reply_to=first["id"])
+    mu.send(ta, b, subject="", body="great", reply_to=first["id"])
+    mu.send(ta, b, subject="other topic")
+    page = login(browser, site, b)
+    page.goto(site + "/mail?view=conversations")
+    rows = page.locator("#message-list li.message")
+    assert rows.count() == 2
+    assert rows.nth(1).locator(".count").inner_text() == "2"      # two messages of the thread in the inbox
+    assert "unread" in rows.nth(1).get_attribute("class")
+    rows.nth(1).locator("a.subject").click()
+    assert page.locator("section.mail").count() == 3               # the conversation shows all three
+    page.context.close()

@@ -44,12 +44,17 @@ def install(web, app):
         user = require_user()
         query = request.query.getunicode("q", "") or ""
         before = request.query.get("before") or None
+        threaded = request.query.get("view") == "conversations"
         if query:
             messages, next_before = mailbox.search(user["name"], query), None
+        elif threaded:
+            messages = mailbox.conversations(user["name"], folder, limit=50, before=before)
+            next_before = messages[-1]["id"] if len(messages) == 50 else None
         else:
             messages, _ = mailbox.list(user["name"], folder, limit=50, before=before)
             next_before = messages[-1]["id"] if len(messages) == 50 else None
-        return render("mail", folder=folder, messages=messages, query=query, next_before=next_before)
+        return render("mail", folder=folder, messages=messages, query=query, next_before=next_before,
+                      threaded=threaded)
 
     @web.get("/mail")
     def inbox():
