@@ -43,5 +43,31 @@ fuzz: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(PY) -m compileall -q mu mu.py tests bench
 
+# A single executable file: a zipapp carrying mu and its pure-Python dependencies.
+dist: $(VENV)/.runtime
+	rm -rf build/dist && mkdir -p build/dist dist
+	$(VENV)/bin/pip install --disable-pip-version-check -q --no-compile --target build/dist -r requirements.txt
+	rm -rf build/dist/bin build/dist/*.dist-info
+	cp -r mu views build/dist/
+	printf 'import sys\nfrom mu.cli import main\nsys.exit(main())\n' > build/dist/__main__.py
+	$(PYTHON) -m zipapp build/dist -o dist/mu -p "/usr/bin/env python3"
+	@echo "built dist/mu ($$(du -h dist/mu | cut -f1))"
+
+# Install into /opt/mu with its own venv, and the systemd unit (run as root).
+PREFIX ?= /opt/mu
+install:
+	install -d $(PREFIX) $(PREFIX)/scripts $(PREFIX)/docs
+	cp -r mu views mu.py requirements.txt $(PREFIX)/
+	cp -r docs/. $(PREFIX)/docs/
+	install -m 755 scripts/generate-dkim-keys.sh $(PREFIX)/scripts/
+	install -m 755 deploy/mu $(PREFIX)/mu
+	$(PYTHON) -m venv $(PREFIX)/.venv
+	$(PREFIX)/.venv/bin/pip install --disable-pip-version-check -q -r $(PREFIX)/requirements.txt
+	id -u mu >/dev/null 2>&1 || useradd --system --home-dir /var/lib/mu --shell /usr/sbin/nologin mu
+	install -d -m 700 -o mu -g mu /var/lib/mu
+	install -m 644 deploy/mu.service /etc/systemd/system/mu.service
+	@echo "installed in $(PREFIX); edit MAIL_DOMAIN in /etc/systemd/system/mu.service, then:"
+	@echo "  systemctl daemon-reload && systemctl enable --now mu"
+
 clean:
-	rm -rf $(VENV) dist test-artifacts
+	rm -rf $(VENV) dist build test-artifacts

@@ -113,20 +113,29 @@ def serve(config, host: str, port: int) -> int:
     bound_port = web.effective_port if hasattr(web, "effective_port") else port
 
     def stop(signum, _frame):
-        log("mail", "shutting down")
-        threading.Thread(target=web.close, daemon=True).start()
+        log("mail", "shutting down: finishing open SMTP sessions and deliveries")
         raise SystemExit(0)
+
+    def reload(signum, _frame):
+        count = len(app.blocklist.entries())
+        log("mail", f"reloaded: blocklist has {count} entries")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     log("web", f"Listening on http://{host or '0.0.0.0'}:{bound_port}")
     try:
         web.run()
     except SystemExit:
         pass
     finally:
-        app.smtp_server.shutdown()
-        app.smtp_server.server_close()
-        app.queue.stop(timeout=10)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        web.close()
+        still_open = app.smtp_server.drain(timeout=config.smtp_timeout_seconds + 5)
+        if still_open:
+            log("smtp", f"closing {still_open} idle sessions")
+        app.queue.stop(timeout=config.outbound_timeout_seconds)
         sweeper.stopping.set()
+        web.task_dispatcher.shutdown(timeout=5)
+        log("mail", "stopped")
     return 0

@@ -13,6 +13,7 @@ import socketserver
 import ssl
 import struct
 import threading
+import time
 
 from ..log import log
 from . import replies as R
@@ -228,6 +229,8 @@ class SMTPServer(socketserver.TCPServer):
             self.tls_context = ctx
         self._slots = threading.BoundedSemaphore(config.max_smtp_connections)
         self._threads = _ConnectionThreads(self._serve_connection)
+        self._active = 0
+        self._active_changed = threading.Condition()
         port = config.smtp_port if port is None else port
         host = host or config.smtp_host
         self.address_family = socket.AF_INET6 if (not host or ":" in host) and socket.has_ipv6 else socket.AF_INET
@@ -257,6 +260,8 @@ class SMTPServer(socketserver.TCPServer):
         self._threads.submit(request, client_address)
 
     def _serve_connection(self, request, client_address):
+        with self._active_changed:
+            self._active += 1
         try:
             Connection(self, request, _peer_ip(client_address)).run()
         except Exception as exc:
@@ -264,6 +269,20 @@ class SMTPServer(socketserver.TCPServer):
         finally:
             self.shutdown_request(request)
             self._slots.release()
+            with self._active_changed:
+                self._active -= 1
+                self._active_changed.notify_all()
+
+    def drain(self, timeout: float) -> int:
+        """Stop accepting, then wait up to `timeout` for open sessions to end; return how many
+        were still open. A session mid-DATA finishes and gets its reply before it ends."""
+        self.shutdown()
+        self.socket.close()
+        deadline = time.monotonic() + timeout
+        with self._active_changed:
+            while self._active and time.monotonic() < deadline:
+                self._active_changed.wait(deadline - time.monotonic())
+            return self._active
 
     @property
     def port(self) -> int:

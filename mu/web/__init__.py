@@ -10,9 +10,29 @@ from . import admin, api, auth, common, pages
 VIEWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "views")
 
 
+def _views_folder() -> str:
+    """views/ on disk; inside the single-file build (a zip), unpacked once to a private
+    temporary folder, since Bottle reads templates and static files by path."""
+    if os.path.isdir(VIEWS):
+        return VIEWS
+    import atexit
+    import shutil
+    import tempfile
+    import zipfile
+    archive = VIEWS
+    while archive and not os.path.isfile(archive):
+        archive = os.path.dirname(archive)
+    target = tempfile.mkdtemp(prefix="mu-views-")
+    atexit.register(shutil.rmtree, target, True)
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(target, [n for n in z.namelist() if n.startswith("views/")])
+    return os.path.join(target, "views")
+
+
 def make_web_app(app):
     """A WSGI application for `app` (an mu.app.App)."""
-    bottle.TEMPLATE_PATH[:] = [VIEWS]
+    views = _views_folder()
+    bottle.TEMPLATE_PATH[:] = [views]
     bottle.BaseRequest.MEMFILE_MAX = 1024 * 1024
     web = bottle.Bottle(catchall=True)
     web.config["mu.app"] = app
@@ -24,7 +44,7 @@ def make_web_app(app):
 
     @web.get("/static/<path:path>")
     def static(path):
-        response = bottle.static_file(path, root=os.path.join(VIEWS, "static"))
+        response = bottle.static_file(path, root=os.path.join(views, "static"))
         response.set_header("Cache-Control", "public, max-age=3600")
         return response
 

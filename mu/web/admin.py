@@ -89,6 +89,12 @@ def install(web, app):
         return render("admin_mail", events=app.events.recent()[:200], queue=queue, subjects=subjects,
                       dkim=app.signer.status_text())
 
+    @web.get("/admin/dns")
+    def dns_report():
+        require_admin()
+        from ..doctor import checks
+        return render("admin_dns", results=checks(app.config, app.resolver))
+
     @web.post("/admin/mail/retry")
     def retry():
         require_admin()

@@ -1,0 +1,208 @@
+"""Operating mu: DNS self-check, graceful shutdown, durability under load and faults,
+idle-connection floods, the single-file build, and docs that match the settings."""
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import MU, ROOT, Mu, codes, free_port, smtp_dialog, unique, wait_for
+
+
+def test_doctor_all_good(make_mu, dns, capture):
+    domain = "doctor-good.test"
+    home_env = {"MAIL_DOMAIN": domain, "MAIL_SELECTOR": "d1"}
+    mu = make_mu(**home_env)
+    out = subprocess.run([os.path.join(ROOT, "scripts", "generate-dkim-keys.sh"), domain, "d1"],
+                         env=dict(mu.env), capture_output=True, text=True, check=True).stdout
+    dns.add(domain, "MX", (10, "mx." + domain))
+    dns.add("mx." + domain, "A", "127.0.0.1")
+    dns.add(domain, "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns.add("d1._domainkey." + domain, "TXT", out.split('IN TXT "', 1)[1].rsplit('"', 1)[0])
+    dns.add("_dmarc." + domain, "TXT", "v=DMARC1; p=quarantine")
+    result = mu.cli("doctor", check=False)
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    for check in ("MX", "A", "SPF", "DKIM", "DMARC", "SMTP port", "outbound"):
+        assert any(l.startswith("OK") and f" {check} " in l + " " for l in lines), (check, result.stdout)
+
+
+def test_doctor_broken_records_say_fail_and_fix(make_mu, dns):
+    domain = "doctor-bad.test"
+    mu = make_mu(MAIL_DOMAIN=domain)
+    subprocess.run([os.path.join(ROOT, "scripts", "generate-dkim-keys.sh"), domain], env=dict(mu.env),
+                   capture_output=True, check=True)
+    dns.add(domain, "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    dns.add("default._domainkey." + domain, "TXT", "v=DKIM1; k=rsa; p=MIIBwrongkey")
+    result = mu.cli("doctor", check=False)
+    assert result.returncode == 1
+    text = result.stdout
+    assert re.search(r"^WARN\s+MX ", text, re.M) and re.search(r"^FAIL\s+DKIM .*does not match", text, re.M)
+    pub = "".join(l.strip() for l in open(os.path.join(mu.home, "keys", "dkim.pub")) if "-----" not in l)
+    assert f'default._domainkey.{domain}. IN TXT "v=DKIM1; k=rsa; p={pub}"' in text
+    assert re.search(r"^WARN\s+SPF .*gives fail", text, re.M) and "_dmarc." + domain in text
+
+
+def test_sigterm_finishes_open_data_then_exits_0(make_mu):
+    mu = make_mu()
+    name = mu.add_user()
+    s = socket.create_connection(("127.0.0.1", mu.smtp_port))
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"HELO x\r\nMAIL FROM:<a@b.org>\r\nRCPT TO:<" + name.encode() + b"@mu.test>\r\nDATA\r\n")
+    for _ in range(4):
+        f.readline()
+    s.sendall(b"Subject: in flight\r\n\r\npart one\r\n")
+    mu.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=1).close()   # no longer accepting
+    s.sendall(b"part two\r\n.\r\n")
+    assert f.readline().startswith(b"250")
+    s.sendall(b"QUIT\r\n")
+    assert mu.proc.wait(20) == 0
+    mu.start()
+    assert mu.inbox(mu.token(name))["messages"][0]["subject"] == "in flight"
+
+
+def test_sigkill_under_smtp_load_loses_no_acknowledged_message(make_mu):
+    mu = make_mu()
+    name = mu.add_user()
+    acknowledged, lock, stop = [], threading.Lock(), threading.Event()
+
+    def client(n):
+        i = 0
+        while not stop.is_set():
+            subject = f"c{n}-{i}"
+            try:
+                with smtplib.SMTP("127.0.0.1", mu.smtp_port, timeout=5) as c:
+                    c.sendmail("load@example.org", [f"{name}@mu.test"], f"Subject: {subject}\r\n\r\nx\r\n".encode())
+                with lock:
+                    acknowledged.append(subject)
+            except (OSError, smtplib.SMTPException):
+                pass
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(5)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acknowledged) >= 100, timeout=30)
+    mu.kill()
+    stop.set()
+    for t in threads:
+        t.join()
+    mu.start()
+    token = mu.token(name)
+    stored, before = set(), None
+    while True:
+        page = mu.inbox(token, limit=500, **({"before": before} if before else {}))
+        stored |= {m["subject"] for m in page["messages"]}
+        if len(page["messages"]) < 500:
+            break
+        before = page["messages"][-1]["id"]
+    lost = [s for s in acknowledged if s not in stored]
+    assert not lost, f"{len(lost)} acknowledged messages lost"
+
+
+def test_outbound_queue_sigkill_nothing_lost_or_sent_twice(make_mu, dns, capture):
+    domain = "killq.example"
+    dns.mail_domain(domain)
+    mu = make_mu()
+    name = mu.add_user(credits=1000)
+    token = mu.token(name)
+    ids = [mu.send(token, f"r{i}@{domain}", subject=f"q{i}")["id"] for i in range(30)]
+    mu.kill()
+    mu.start()
+    wait_for(lambda: mu.http("GET", "/healthz").json()["queue_depth"] == 0, timeout=30)
+    for msg_id in ids:
+        assert mu.http("GET", f"/api/mail/{msg_id}", token).json()["status"] == "sent"
+    for i in range(30):
+        assert len(capture.for_rcpt(f"r{i}@{domain}")) == 1
+
+
+def test_300_idle_connections_do_not_block_new_clients(make_mu):
+    mu = make_mu(MAIL_TIMEOUT="3", MAIL_MAX_CONNECTIONS="400")
+    idle = []
+    for _ in range(300):
+        s = socket.create_connection(("127.0.0.1", mu.smtp_port))
+        idle.append(s)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=5) as s:
+        assert s.makefile("rb").readline().startswith(b"220")
+    assert time.monotonic() - started < 2
+    # each idle one is dropped after MAIL_TIMEOUT
+    for s in idle[:20]:
+        s.settimeout(10)
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert b"421" in data
+    for s in idle:
+        s.close()
+
+
+def test_connection_limit_421(make_mu):
+    mu = make_mu(MAIL_MAX_CONNECTIONS="3")
+    held = [socket.create_connection(("127.0.0.1", mu.smtp_port)) for _ in range(3)]
+    for s in held:
+        assert s.makefile("rb").readline().startswith(b"220")
+    assert smtp_dialog(mu.smtp_port, [b"QUIT"])[0].startswith("421")
+    for s in held:
+        s.close()
+
+
+def test_healthz(mu):
+    body = mu.http("GET", "/healthz").json()
+    assert body["ok"] is True and body["smtp_port"] == mu.smtp_port and "queue_depth" in body
+
+
+def test_single_file_build_runs_in_fresh_folder(tmp_path):
+    subprocess.run(["make", "-s", "dist"], cwd=ROOT, check=True, capture_output=True)
+    exe = tmp_path / "mu"
+    exe.write_bytes(open(os.path.join(ROOT, "dist", "mu"), "rb").read())
+    exe.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MU_HOME": str(tmp_path / "data"),
+           "MAIL_PORT": str(free_port()), "MAIL_RATE_CONNECTIONS": "1000"}
+    out = subprocess.run([str(exe), "users", "add", "alice"], input="password1\n", env=env, cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    web = free_port()
+    proc = subprocess.Popen([str(exe), "--serve", "--address", f"127.0.0.1:{web}"], env=env, cwd=tmp_path,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: b"web: Listening" in proc.stderr.readline(), timeout=20)
+        import urllib.request
+        page = urllib.request.urlopen(f"http://127.0.0.1:{web}/login").read().decode()
+        assert 'for="username"' in page
+        with smtplib.SMTP("127.0.0.1", int(env["MAIL_PORT"])) as s:
+            s.sendmail("a@example.org", ["alice@localhost"], b"Subject: zipapp\r\n\r\nhi\r\n")
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_every_setting_is_documented():
+    from mu.config import SETTINGS
+    docs = open(os.path.join(ROOT, "docs", "configuration.md")).read()
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for name, *_ in SETTINGS:
+        assert f"`{name}`" in docs, name
+    documented = set(re.findall(r"^\| `([A-Z_]+)`", docs, re.M))
+    assert documented == {s[0] for s in SETTINGS}
+    assert "docs/" in readme
+
+
+def test_mu_py_reexecs_into_venv_from_system_python(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "MU_HOME": str(tmp_path / "h")}
+    out = subprocess.run(["/usr/bin/env", "python3", MU, "users", "list"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
