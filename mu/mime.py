@@ -49,8 +49,14 @@ def _part_text(part) -> str:
     try:
         return part.get_content()
     except Exception:
-        payload = part.get_payload(decode=True) or b""
-        return payload.decode(part.get_content_charset() or "utf-8", "replace")
+        try:
+            payload = part.get_payload(decode=True) or b""
+        except Exception:
+            return ""
+        try:
+            return payload.decode(part.get_content_charset() or "utf-8", "replace")
+        except LookupError:   # an unknown charset name: UTF-8 is the best guess
+            return payload.decode("utf-8", "replace")
 
 
 def parse(raw: bytes) -> dict:

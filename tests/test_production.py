@@ -61,9 +61,14 @@ def test_sigterm_finishes_open_data_then_exits_0(make_mu):
         f.readline()
     s.sendall(b"Subject: in flight\r\n\r\npart one\r\n")
     mu.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=1).close()   # no longer accepting
+
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=1).close()
+            return False
+        except OSError:
+            return True
+    wait_for(refused, timeout=5, message="SMTP to stop accepting")
     s.sendall(b"part two\r\n.\r\n")
     assert f.readline().startswith(b"250")
     s.sendall(b"QUIT\r\n")
