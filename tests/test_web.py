@@ -171,10 +171,11 @@ def test_blocklist_admin_page(browser, site, mu):
     admin = mu.add_user(admin=True)
     page = login(browser, site, admin)
     page.goto(site + "/admin/blocklist")
-    page.get_by_label("Email or IP address").fill("spammer@bad.example")
+    page.get_by_label("Block Email").fill("spammer@bad.example")
     page.get_by_role("button", name="Block Email").click()
-    page.get_by_label("Email or IP address").fill("192.0.2.7")
-    page.get_by_role("button", name="Block IP").click()
+    page.get_by_label("Block IP").fill("192.0.2.7")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile("Blocked%20192.0.2.7"))
     assert page.get_by_role("cell", name="spammer@bad.example", exact=True).is_visible()
     assert "spammer@bad.example" in mu.cli("blocklist", "list").stdout
     assert "mail: Blocked email: spammer@bad.example" in mu.log()
@@ -184,6 +185,12 @@ def test_blocklist_admin_page(browser, site, mu):
     assert page.get_by_role("cell", name="spammer@bad.example", exact=True).count() == 0
     assert "spammer@bad.example" not in mu.cli("blocklist", "list").stdout
     page.goto(site + "/admin/users")
+    other = mu.add_user()
+    page.goto(site + "/admin/users")
+    page.get_by_label(f"Credits to add for {other}").fill("12")
+    page.locator(f"form[action='/admin/users/{other}']").get_by_role("button", name="Add credits").click()
+    page.locator(f"form[action='/admin/users/{other}']").get_by_role("button", name="Make admin").click()
+    assert f"{other} admin 12" in mu.cli("users", "list").stdout
     shot(page, "users")
     page.goto(site + "/admin/mail")
     shot(page, "mail-log")
@@ -293,3 +300,30 @@ def test_conversation_view_groups_threads(browser, site, mu):
     rows.nth(1).locator("a.subject").click()
     assert page.locator("section.mail").count() == 3               # the conversation shows all three
     page.context.close()
+
+
+def test_compose_with_attachment_and_reply_by_keyboard(browser, site, mu, tmp_path):
+    a, b = unique("p"), unique("q")
+    pa = signup(browser, site, a)
+    pb = signup(browser, site, b)
+    upload = tmp_path / "notes.txt"
+    upload.write_text("attached notes")
+    pa.goto(site + "/mail/compose")
+    pa.get_by_label("To").fill(b)
+    pa.get_by_label("Subject").fill("files for you")
+    pa.get_by_label("Message").fill("see the file")
+    pa.get_by_label("Attach files").set_input_files(str(upload))
+    pa.get_by_role("button", name="Send").click()
+    pa.wait_for_url(re.compile(r"/mail/\w+"))
+    pb.goto(site + "/mail")
+    pb.keyboard.press("j")                    # select the first message
+    pb.keyboard.press("Enter")                # open it
+    pb.wait_for_url(re.compile(r"/mail/\w+"))
+    with pb.expect_download() as info:
+        pb.get_by_role("link", name="notes.txt").click()
+    assert open(info.value.path()).read() == "attached notes"
+    pb.keyboard.press("r")
+    pb.wait_for_url(re.compile(r"/mail/compose\?reply="))
+    assert pb.get_by_label("To").input_value() == a
+    pa.context.close()
+    pb.context.close()

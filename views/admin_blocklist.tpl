@@ -1,14 +1,24 @@
 % rebase('base.tpl', title='Blocklist')
 % include('admin_nav.tpl')
 <h1>Blocklist</h1>
-<section class="card">
+<section class="card block-forms">
 <form method="post" action="/admin/blocklist" class="block-form">
   <input type="hidden" name="csrf" value="{{csrf}}">
-  <label for="block-value">Email or IP address</label>
-  <input id="block-value" name="value" required placeholder="spammer@example.com, *@spammy.example or 192.0.2.1">
-  <div class="actions">
-    <button type="submit" name="action" value="block_email" class="danger">Block Email</button>
-    <button type="submit" name="action" value="block_ip" class="danger">Block IP</button>
+  <input type="hidden" name="action" value="block_email">
+  <label for="block-email">Block Email</label>
+  <p class="hint" id="block-email-hint">An address, or every address at a domain: <code>*@example.com</code></p>
+  <div class="inline-field">
+    <input id="block-email" name="value" required aria-describedby="block-email-hint" placeholder="spammer@example.com">
+    <button type="submit" class="danger">Block Email</button>
+  </div>
+</form>
+<form method="post" action="/admin/blocklist" class="block-form">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  <input type="hidden" name="action" value="block_ip">
+  <label for="block-ip">Block IP</label>
+  <div class="inline-field">
+    <input id="block-ip" name="value" required placeholder="192.0.2.1">
+    <button type="submit" class="danger">Block IP</button>
   </div>
 </form>
 </section>

@@ -34,13 +34,8 @@ def install(web, app):
                 app.blocklist.remove(value)
                 flash = f"Unblocked {value}"
             else:
+                # Either form takes either kind: the value says what it is.
                 kind, canonical = app.blocklist.add(value)
-                if action == "block_ip" and kind != "ip":
-                    app.blocklist.remove(canonical)
-                    raise BlocklistError(f"not an IP address: {value!r}")
-                if action == "block_email" and kind != "email":
-                    app.blocklist.remove(canonical)
-                    raise BlocklistError(f"not an email address or *@domain: {value!r}")
                 flash = f"Blocked {canonical}"
         except BlocklistError as exc:
             response.status = 400
