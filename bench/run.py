@@ -102,27 +102,24 @@ def _connectable(port):
         return False
 
 
-def bench_smtp(tmp, dns_port):
-    print("SMTP receive (smtp-source -s 5 -m 1000 -l 4096)", flush=True)
+def sink_rate(command) -> float:
+    """smtp-source's rate against a discarding sink started from `command` ({port} filled in)."""
     port = free_port()
-    sink = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c",
-                             "aiosmtpd.handlers.Sink"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sink = subprocess.Popen([part.format(port=port) for part in command],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        aio = smtp_source_rate(port, "x@localhost")
+        return smtp_source_rate(port, "x@localhost")
     finally:
         sink.terminate()
         sink.wait()
+
+
+def bench_smtp(tmp, dns_port):
+    print("SMTP receive (smtp-source -s 5 -m 1000 -l 4096)", flush=True)
+    aio = sink_rate([sys.executable, "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"])
     row("aiosmtpd Sink (discards)", f"{aio:.0f}", "msg/s")
-    port = free_port()
-    pf = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{port}", "256"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        pfs = smtp_source_rate(port, "x@localhost")
-    finally:
-        pf.terminate()
-        pf.wait()
+    pfs = sink_rate(["/usr/sbin/smtp-sink", "-u", "nobody", "-c", "127.0.0.1:{port}", "256"])
     row("Postfix smtp-sink (discards)", f"{pfs:.0f}", "msg/s")
     mu = Mu(os.path.join(tmp, "smtp"), {"MAIL_DOMAIN": "localhost", "MAIL_DNS_SERVER": f"127.0.0.1:{dns_port}"})
     mu.add_user("bench")

@@ -5,6 +5,7 @@ A message is stored once; each user who can see it has a box entry
 Bodies, raw messages and attachments live in blob packs; the state keeps a snippet.
 """
 
+import bisect
 import datetime
 import secrets
 import threading
@@ -270,7 +271,6 @@ class Mailbox:
         return msg
 
     def list(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None) -> tuple:
-        import bisect
         if folder not in ("inbox", "sent"):
             raise MailError("folder must be inbox or sent")
         limit = max(1, min(int(limit), MAX_PAGE))
@@ -283,7 +283,6 @@ class Mailbox:
     def conversations(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None) -> list:
         """The folder grouped by thread, newest thread first: each entry is the thread's newest
         message in the folder, with `count` (messages in the folder) and `unread_count`."""
-        import bisect
         limit = max(1, min(int(limit), MAX_PAGE))
         seen, out = set(), []
         with self.store.reading() as state:

@@ -33,25 +33,22 @@ def shot(page, name):
     page.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"), full_page=True)
 
 
-def signup(browser, site, name, password="password1", **context_args):
-    ctx = browser.new_context(**context_args)
-    page = ctx.new_page()
-    page.goto(site + "/signup")
+def _enter(browser, site, path, button, name, password, **context_args):
+    page = browser.new_context(**context_args).new_page()
+    page.goto(site + path)
     page.get_by_label("Username").fill(name)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign up").click()
+    page.get_by_role("button", name=button).click()
     page.wait_for_url(site + "/mail")
     return page
+
+
+def signup(browser, site, name, password="password1", **context_args):
+    return _enter(browser, site, "/signup", "Sign up", name, password, **context_args)
 
 
 def login(browser, site, name, password="password1"):
-    page = browser.new_context().new_page()
-    page.goto(site + "/login")
-    page.get_by_label("Username").fill(name)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(site + "/mail")
-    return page
+    return _enter(browser, site, "/login", "Log in", name, password)
 
 
 def test_signup_send_read_reply(browser, site, mu):

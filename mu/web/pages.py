@@ -90,7 +90,7 @@ def install(web, app):
                 body = (f"\n\n---------- Forwarded message ----------\nFrom: {source['from_name']} <{source['from_addr']}>\n"
                         f"Date: {source['created_at']}\nSubject: {source['subject']}\n\n{source['body']}\n")
         return render("compose", to=to, subject=subject, body=body, reply_to=reply_to,
-                      cost=app.config.credit_cost_email, usernames=_usernames(app, user["name"]))
+                      cost=app.config.credit_cost_email, usernames=_usernames(app))
 
     @web.post("/mail/compose")
     def compose_send():
@@ -106,7 +106,7 @@ def install(web, app):
         except MailError as exc:
             response.status = exc.status if exc.status != 404 else 400
             return render("compose", to=to, subject=subject, body=body, reply_to=reply_to or "",
-                          cost=app.config.credit_cost_email, usernames=_usernames(app, user["name"]),
+                          cost=app.config.credit_cost_email, usernames=_usernames(app),
                           error=str(exc))
         if msg.get("status"):
             app.queue.kick()
@@ -174,5 +174,5 @@ def install(web, app):
         bottle.redirect("/mail")
 
 
-def _usernames(app, me: str) -> list:
+def _usernames(app) -> list:
     return [u["name"] for u in app.accounts.all() if not u.get("disabled")]
