@@ -102,10 +102,21 @@ class Blocklist:
             return False
         return ip in self._fresh()
 
-    def sender_blocked(self, address: str) -> bool:
-        if not address:
-            return False
+    def blocked(self, ip: str, sender: str = "") -> bool:
+        """Whether the client IP or the envelope sender (address or its domain) is blocked."""
         entries = self._fresh()
+        if ip in entries or (sender and self._sender_in(entries, sender)):
+            return True
+        try:
+            return str(ipaddress.ip_address(ip)) in entries
+        except ValueError:
+            return False
+
+    def sender_blocked(self, address: str) -> bool:
+        return bool(address) and self._sender_in(self._fresh(), address)
+
+    @staticmethod
+    def _sender_in(entries: dict, address: str) -> bool:
         local, _, domain = address.rpartition("@")
         try:
             domain = addr.idna_domain(domain)

@@ -61,10 +61,9 @@ class BlobPacks:
 
     def _open_current(self) -> int:
         if self._fd is not None:
+            # Packs rotate only when full, so below the limit the cached one is still current.
             if os.fstat(self._fd).st_size < PACK_ROTATE_BYTES:
-                newest = self._newest()
-                if newest == self._name:
-                    return self._fd
+                return self._fd
             os.close(self._fd)
             self._fd = None
         newest = self._newest()
@@ -79,8 +78,6 @@ class BlobPacks:
         return self._fd
 
     def _newest(self):
-        if self._name and not os.path.exists(os.path.join(self.folder, f"{int(self._name[:6]) + 1:06d}{PACK_SUFFIX}")):
-            return self._name
         packs = sorted(n for n in os.listdir(self.folder) if n.endswith(PACK_SUFFIX))
         return packs[-1] if packs else None
 

@@ -33,7 +33,7 @@ class ReceivePolicy:
 
     # Blocked before rate limiting, as the guide says: a blocked sender never uses quota.
     def connect(self, ip: str):
-        if self.blocklist.ip_blocked(ip):
+        if self.blocklist.blocked(ip):
             log("smtp", f"Rejected blocked sender: {ip} (IP: {ip})")
             self._event("blocked", ip=ip, sender="")
             return R.BLOCKED
@@ -48,7 +48,7 @@ class ReceivePolicy:
                 addr.parse(address)
             except addr.AddressError:
                 return R.SYNTAX_ADDRESS
-        if self.blocklist.sender_blocked(address) or self.blocklist.ip_blocked(envelope.peer_ip):
+        if self.blocklist.blocked(envelope.peer_ip, address):
             log("smtp", f"Rejected blocked sender: {address or '<>'} (IP: {envelope.peer_ip})")
             self._event("blocked", ip=envelope.peer_ip, sender=address)
             return R.BLOCKED
