@@ -93,8 +93,7 @@ def serve(config, host: str, port: int) -> int:
     except OSError as exc:
         print(f"mu: error: cannot listen for SMTP on port {config.smtp_port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    smtp_thread = threading.Thread(target=app.smtp_server.serve_forever, kwargs={"poll_interval": 0.5},
-                                   name="smtp", daemon=True)
+    smtp_thread = threading.Thread(target=app.smtp_server.serve_forever, name="smtp", daemon=True)
     smtp_thread.start()
     log("smtp", f"Starting SMTP server (receive only) on {config.smtp_host}:{app.smtp_server.port}")
     app.queue.start()

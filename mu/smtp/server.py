@@ -1,13 +1,12 @@
 """The SMTP listener: sockets, bounded reads, timeouts, TLS and one thread per connection.
 
-A `socketserver.TCPServer` accepts; each connection gets its own thread (reused for a later
-connection once it is done) and a `Connection` that reads
+A `socketserver.TCPServer` binds; each connection is accepted by, and lives in, its own
+thread (which accepts again once the connection ends), with a `Connection` that reads
 lines with hard length limits, hands them to a `Session`, and writes the replies. Replies
 are flushed only when the client has nothing more buffered, which is what PIPELINING
 (RFC 2920) asks of a server.
 """
 
-import queue
 import socket
 import socketserver
 import ssl
@@ -187,34 +186,6 @@ def _peer_ip(address) -> str:
     return ip[7:] if ip.startswith("::ffff:") else ip   # IPv4-mapped IPv6
 
 
-class _ConnectionThreads:
-    """One thread per connection for the connection's whole life; a finished thread waits
-    for the next connection instead of exiting, so a busy server does not pay for thread
-    creation on every message. Never more threads than connection slots."""
-
-    def __init__(self, serve):
-        self._serve = serve
-        self._handoff = queue.SimpleQueue()
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def submit(self, request, client_address) -> None:
-        with self._lock:
-            spawn = self._idle == 0
-            if not spawn:
-                self._idle -= 1
-        self._handoff.put((request, client_address))
-        if spawn:
-            threading.Thread(target=self._loop, name="smtp-conn", daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            request, client_address = self._handoff.get()
-            self._serve(request, client_address)
-            with self._lock:
-                self._idle += 1
-
-
 class SMTPServer(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 256
@@ -228,9 +199,13 @@ class SMTPServer(socketserver.TCPServer):
             ctx.load_cert_chain(config.tls_cert, config.tls_key)
             self.tls_context = ctx
         self._slots = threading.BoundedSemaphore(config.max_smtp_connections)
-        self._threads = _ConnectionThreads(self._serve_connection)
         self._active = 0
         self._active_changed = threading.Condition()
+        self._accepting = threading.Event()
+        self._stopped = threading.Event()
+        self._idle_acceptors = 0
+        self._threads = 0
+        self._threads_lock = threading.Lock()
         port = config.smtp_port if port is None else port
         host = host or config.smtp_host
         self.address_family = socket.AF_INET6 if (not host or ":" in host) and socket.has_ipv6 else socket.AF_INET
@@ -248,16 +223,59 @@ class SMTPServer(socketserver.TCPServer):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
 
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
+    # Each connection thread accepts its own connection and serves it to the end, then
+    # accepts again: no hand-off between an accept loop and a worker per message. One idle
+    # thread always waits in accept(); threads are never more than the connection slots + 1.
+
+    def serve_forever(self, poll_interval=None):
+        self._accepting.set()
+        self._spawn_acceptor()
+        self._stopped.wait()
+
+    def shutdown(self):
+        """Stop accepting: threads blocked in accept() return, open sessions go on."""
+        self._accepting.clear()
+        self._stopped.set()
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)   # wakes every thread blocked in accept()
+        except OSError:
+            pass
+
+    def _spawn_acceptor(self) -> None:
+        with self._threads_lock:
+            if self._threads > self.config.max_smtp_connections:
+                return
+            self._threads += 1
+        threading.Thread(target=self._accept_loop, name="smtp-conn", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while self._accepting.is_set():
+            with self._threads_lock:
+                self._idle_acceptors += 1
             try:
-                request.settimeout(1.0)
-                request.sendall(R.TOO_MANY_CONNECTIONS.encode())
+                request, client_address = self.socket.accept()
             except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        self._threads.submit(request, client_address)
+                if not self._accepting.is_set():
+                    return
+                continue   # e.g. ECONNABORTED: the client gave up before we accepted
+            finally:
+                with self._threads_lock:
+                    self._idle_acceptors -= 1
+                    spare = self._idle_acceptors
+            if not self._accepting.is_set():
+                self.shutdown_request(request)
+                return
+            if spare == 0:
+                self._spawn_acceptor()
+            if not self._slots.acquire(blocking=False):
+                try:
+                    request.settimeout(1.0)
+                    request.sendall(R.TOO_MANY_CONNECTIONS.encode())
+                except OSError:
+                    pass
+                self.shutdown_request(request)
+                continue
+            self._serve_connection(request, client_address)
 
     def _serve_connection(self, request, client_address):
         with self._active_changed:
@@ -277,7 +295,6 @@ class SMTPServer(socketserver.TCPServer):
         """Stop accepting, then wait up to `timeout` for open sessions to end; return how many
         were still open. A session mid-DATA finishes and gets its reply before it ends."""
         self.shutdown()
-        self.socket.close()
         deadline = time.monotonic() + timeout
         with self._active_changed:
             while self._active and time.monotonic() < deadline:
