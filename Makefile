@@ -53,16 +53,17 @@ dist: $(VENV)/.runtime
 	$(PYTHON) -m zipapp build/dist -o dist/mu -p "/usr/bin/env python3"
 	@echo "built dist/mu ($$(du -h dist/mu | cut -f1))"
 
-# Install into /opt/mu with its own venv, and the systemd unit (run as root).
+# Install into /opt/mu (the program in lib/ with its own venv, the `mu` command beside it)
+# and the systemd unit. Run as root.
 PREFIX ?= /opt/mu
 install:
-	install -d $(PREFIX) $(PREFIX)/scripts $(PREFIX)/docs
-	cp -r mu views mu.py requirements.txt $(PREFIX)/
+	install -d $(PREFIX)/lib $(PREFIX)/scripts $(PREFIX)/docs
+	cp -r mu views mu.py requirements.txt $(PREFIX)/lib/
 	cp -r docs/. $(PREFIX)/docs/
 	install -m 755 scripts/generate-dkim-keys.sh $(PREFIX)/scripts/
 	install -m 755 deploy/mu $(PREFIX)/mu
-	$(PYTHON) -m venv $(PREFIX)/.venv
-	$(PREFIX)/.venv/bin/pip install --disable-pip-version-check -q -r $(PREFIX)/requirements.txt
+	$(PYTHON) -m venv $(PREFIX)/lib/.venv
+	$(PREFIX)/lib/.venv/bin/pip install --disable-pip-version-check -q -r $(PREFIX)/lib/requirements.txt
 	id -u mu >/dev/null 2>&1 || useradd --system --home-dir /var/lib/mu --shell /usr/sbin/nologin mu
 	install -d -m 700 -o mu -g mu /var/lib/mu
 	install -m 644 deploy/mu.service /etc/systemd/system/mu.service

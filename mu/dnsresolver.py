@@ -14,6 +14,9 @@ import dns.resolver
 
 POSITIVE_TTL_CAP_SECONDS = 300
 NEGATIVE_TTL_SECONDS = 60
+# A failing resolver is asked again only after this long, so an outage costs one timeout
+# per name every half minute instead of one per message.
+FAILURE_TTL_SECONDS = 30
 CACHE_MAX_ENTRIES = 10000
 
 
@@ -65,7 +68,8 @@ class Resolver:
             result, ttl = NXDomain(key[0]), NEGATIVE_TTL_SECONDS
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.NoResolverConfiguration,
                 dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong, OSError) as exc:
-            result, ttl = DNSTempError(f"DNS look-up of {key[0]} {rdtype} failed: {exc.__class__.__name__}"), 10
+            result = DNSTempError(f"DNS look-up of {key[0]} {rdtype} failed: {exc.__class__.__name__}")
+            ttl = FAILURE_TTL_SECONDS
         with self._lock:
             if len(self._cache) > CACHE_MAX_ENTRIES:
                 self._cache.clear()

@@ -105,7 +105,7 @@ class ReceivePolicy:
     def _authenticate(self, envelope, data: bytes) -> tuple:
         """The trace headers to prepend (Received, Received-SPF, Authentication-Results)."""
         ip, helo, sender = envelope.peer_ip, envelope.helo, envelope.mail_from or ""
-        spf_result, spf_expl = spf_auth.check(ip, sender, helo, timeout=self.config.dns_timeout_seconds * 2)
+        spf_result, spf_expl = spf_auth.check(ip, sender, helo, timeout=self.config.dns_timeout_seconds)
         if spf_result in ("fail", "softfail", "permerror", "temperror"):
             log("smtp", f"SPF {spf_result} for {sender or '<>'} from {ip}: {spf_expl}")
         dkim_results = dkim_auth.verify(data, self.resolver) if b"dkim-signature" in data[:65536].lower() else []
