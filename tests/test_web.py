@@ -324,3 +324,11 @@ def test_compose_with_attachment_and_reply_by_keyboard(browser, site, mu, tmp_pa
     assert pb.get_by_label("To").input_value() == a
     pa.context.close()
     pb.context.close()
+
+
+def test_admin_pages_403_when_signed_out(site):
+    for path in ("/admin/blocklist", "/admin/users", "/admin/mail"):
+        status, _ = _status(_opener()[0], site + path)
+        assert status == 403, path
+    status, resp = _status(_opener()[0], site + "/mail")
+    assert status in (302, 303) and "/login" in resp.headers["Location"]

@@ -81,11 +81,14 @@ def require_user():
 
 
 def require_admin():
-    user = require_user()
-    if user["role"] != "admin":
+    # Anyone who is not a signed-in admin gets 403, signed out or not (the page links to login).
+    user = current_user()
+    if user is None and is_api():
+        json_error(401, "authentication required")
+    if user is None or user["role"] != "admin":
         if is_api():
             json_error(403, "admins only")
-        raise bottle.HTTPError(403, "Admins only")
+        raise bottle.HTTPError(403, "Admins only. Log in with an admin account.")
     return user
 
 
