@@ -41,7 +41,7 @@ fuzz: $(VENV)/.dev
 	MU_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 lint: $(VENV)/.dev
-	$(PY) -m compileall -q mu mu.py tests bench
+	$(PY) -m pyflakes mu mu.py tests bench
 
 # A single executable file: a zipapp carrying mu and its pure-Python dependencies.
 dist: $(VENV)/.runtime

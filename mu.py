@@ -12,12 +12,12 @@ if _here not in sys.path:
 def _reexec_in_venv() -> None:
     """Run as `./mu.py` with a system Python that lacks the dependencies: use the
     project's .venv (made by `make run`) when there is one."""
-    try:
-        import bottle, dkim, dns.resolver, spf, waitress  # noqa: F401,E401
-    except ImportError:
-        venv_python = os.path.join(_here, ".venv", "bin", "python")
-        if os.path.exists(venv_python) and os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(_here, ".venv")):
-            os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
+    import importlib.util
+    if all(importlib.util.find_spec(name) for name in ("bottle", "waitress", "dns", "dkim", "spf")):
+        return
+    venv_python = os.path.join(_here, ".venv", "bin", "python")
+    if os.path.exists(venv_python) and os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(_here, ".venv")):
+        os.execv(venv_python, [venv_python, os.path.abspath(__file__), *sys.argv[1:]])
 
 
 if __name__ == "__main__":

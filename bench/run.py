@@ -8,9 +8,7 @@ server and a bare Bottle+Waitress app, so ratios compare like with like on this 
 import http.client
 import json
 import os
-import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -24,7 +22,6 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from conftest import FakeDNS, Mu, free_port, wait_for  # noqa: E402
-from mu import config as config_mod  # noqa: E402
 from mu.store import Store  # noqa: E402
 
 ROWS = []
@@ -304,7 +301,7 @@ def main():
     finally:
         dns.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n| benchmark | value | unit | note |\n|---|---:|---|---|")
+    print("\n| benchmark | value | unit | note |\n|---|---:|---|---|")
     for name, value, unit, note in ROWS:
         print(f"| {name.strip()} | {value} | {unit} | {note} |")
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")

@@ -5,7 +5,6 @@ Every error is one line on stderr and exit status 2, with nothing written.
 
 import argparse
 import getpass
-import os
 import sys
 
 from . import config as config_mod

@@ -274,7 +274,6 @@ class Store:
                 refs = self.blobs.append([b for t in batch for b in t.blobs])
                 lines = []
                 with self._mu:
-                    start_seq = self._seq
                     for t in batch:
                         mine, refs = refs[:len(t.blobs)], refs[len(t.blobs):]
                         try:

@@ -1,11 +1,9 @@
 """Test harness: the real mu server in a subprocess, a fake DNS server (dnslib) and a
 capture SMTP server (aiosmtpd) on loopback. Nothing here talks to any other address."""
 
-import base64
 import http.client
 import json
 import os
-import re
 import secrets
 import signal
 import socket

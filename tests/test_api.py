@@ -2,8 +2,6 @@
 
 import pytest
 
-from conftest import unique
-
 
 @pytest.fixture(scope="module")
 def pair(mu):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import MU, ROOT, Mu, unique, wait_for
+from conftest import MU, ROOT, Mu, unique
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 no thread leaks, and the live server keeps answering. `make fuzz` runs more examples."""
 
 import os
-import socket
 import threading
 
 from hypothesis import HealthCheck, given, settings, strategies as st

@@ -7,7 +7,7 @@ import subprocess
 import dkim
 import pytest
 
-from conftest import ROOT, unique, wait_for
+from conftest import ROOT, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,6 @@ def test_queue_survives_restart(make_mu, dns, capture):
     admin = mu.add_user(admin=True)
     assert mu.http("GET", f"/api/mail/{msg['id']}", token).json()["status"] == "deferred"
     # An admin's "retry now" makes it due; it is delivered exactly once.
-    from mu.app import App  # noqa: F401  (import check only)
     resp = mu.http("GET", "/healthz")
     assert resp.json()["queue_depth"] == 1
     retry_via_admin_page(mu, admin)

@@ -7,13 +7,10 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import threading
 import time
 
-import pytest
-
-from conftest import MU, ROOT, Mu, codes, free_port, smtp_dialog, unique, wait_for
+from conftest import MU, ROOT, free_port, smtp_dialog, wait_for
 
 
 def test_doctor_all_good(make_mu, dns, capture):

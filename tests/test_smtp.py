@@ -1,6 +1,5 @@
 """The SMTP receiver against the contract, driven by smtplib, raw sockets, swaks and smtp-source."""
 
-import os
 import smtplib
 import socket
 import ssl
@@ -10,7 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from conftest import codes, smtp_dialog, unique, wait_for
+from conftest import codes, smtp_dialog, wait_for
 from mu.smtp import replies as R
 
 
@@ -240,7 +239,6 @@ def test_message_rate_limit_per_sender(make_mu):
 
 def test_blocked_sender_and_ip(make_mu):
     mu = make_mu()
-    name = mu.add_user()
     mu.cli("blocklist", "add", "spammer@bad.com")
     mu.cli("blocklist", "add", "*@worse.org")
     with smtplib.SMTP("127.0.0.1", mu.smtp_port) as s:

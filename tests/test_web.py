@@ -8,7 +8,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from conftest import ARTIFACTS, unique, wait_for
+from conftest import ARTIFACTS, unique
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
