@@ -367,3 +367,12 @@ def test_reply_constants_have_enhanced_codes():
         value = getattr(R, name)
         if isinstance(value, R.Reply) and value.code not in (220, 354) and name not in ("READY",):
             assert value.enhanced[:1] == str(value.code)[0], name
+
+
+def test_message_without_headers_uses_envelope(mu, user):
+    name, token = user
+    with smtplib.SMTP("127.0.0.1", mu.smtp_port) as s:
+        s.sendmail("bare@example.org", [f"{name}@mu.test"], b"\r\njust a body\r\n")
+    msg = mu.inbox(token)["messages"][0]
+    assert msg["from"] == "bare@example.org" and msg["to"] == [f"{name}@mu.test"]
+    assert mu.http("GET", f"/api/mail/{msg['id']}", token).json()["body"].strip() == "just a body"

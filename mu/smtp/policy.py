@@ -89,6 +89,8 @@ class ReceivePolicy:
                       "text": data.decode("utf-8", "replace"), "html": "", "attachments": []}
         if not parsed["from_addr"]:
             parsed["from_addr"] = envelope.mail_from or ""
+        if not parsed["to"] and not parsed["cc"]:   # no To/Cc header: show the envelope recipients
+            parsed["to"] = [address for address, _users in envelope.recipients]
         kind = "bounce" if not envelope.mail_from else "inbound"
         try:
             msg_id = self.mailbox.deliver_inbound(
