@@ -144,30 +144,39 @@ class Store:
         self._seq = 0
         self._journal_ino = None
         self._journal_offset = 0
-        self._journal_records = 0
         self._journal_fd = None
         self._writer_lock_fd = safeio.open_lock_file(self.lock_path)
-        with safeio.flocked(self.lock_path, exclusive=True):
+        if not os.path.exists(self.snapshot_path):
+            with safeio.flocked(self.lock_path, exclusive=True):
+                if not os.path.exists(self.snapshot_path):
+                    safeio.write_json_atomic(self.snapshot_path,
+                                             {"format": SNAPSHOT_FORMAT, "seq": 0, "state": State().dump()})
+        # Parse the snapshot without holding the lock (it is only ever replaced whole, by
+        # rename), so a CLI command never stalls the server's writes while it loads.
+        loaded = self._read_snapshot()
+        with safeio.flocked(self.lock_path, exclusive=False):
+            if os.stat(self.snapshot_path).st_ino != loaded[0]:
+                loaded = self._read_snapshot()   # compacted meanwhile: read the new one
             with self._mu:
-                self._load_all(truncate_torn=True)
+                self._load_all(truncate_torn=False, snapshot=loaded)
 
     # ---------------------------------------------------------------- loading
 
-    def _load_all(self, truncate_torn: bool) -> None:
-        state, seq = State(), 0
-        try:
-            with open(self.snapshot_path, "rb") as f:
-                snapshot = json.load(f)
-            if snapshot.get("format") != SNAPSHOT_FORMAT:
-                raise StoreError(f"{self.snapshot_path}: unknown format {snapshot.get('format')!r}")
-            state = State.from_dump(snapshot["state"])
-            seq = snapshot["seq"]
-        except FileNotFoundError:
-            safeio.write_json_atomic(self.snapshot_path,
-                                     {"format": SNAPSHOT_FORMAT, "seq": 0, "state": State().dump()})
-        self.state, self._seq = state, seq
-        self._journal_ino, self._journal_offset, self._journal_records = None, 0, 0
+    def _read_snapshot(self) -> tuple:
+        """(inode, seq, State) of mail.json."""
+        with open(self.snapshot_path, "rb") as f:
+            ino = os.fstat(f.fileno()).st_ino
+            snapshot = json.load(f)
+        if snapshot.get("format") != SNAPSHOT_FORMAT:
+            raise StoreError(f"{self.snapshot_path}: unknown format {snapshot.get('format')!r}")
+        return ino, snapshot["seq"], State.from_dump(snapshot["state"])
+
+    def _load_all(self, truncate_torn: bool, snapshot: tuple = None) -> None:
+        """Snapshot plus journal (caller holds flock and _mu)."""
+        _ino, self._seq, self.state = snapshot or self._read_snapshot()
+        self._journal_ino, self._journal_offset = None, 0
         if not os.path.exists(self.journal_path):
+            # Only before the first write: created empty, which any process may do.
             os.close(safeio.open_append(self.journal_path))
             safeio.fsync_dir(self.home)
         self._journal_ino = os.stat(self.journal_path).st_ino
@@ -192,7 +201,6 @@ class Store:
             if record.get("seq", 0) > self._seq:
                 self.state.apply(record)
                 self._seq = record["seq"]
-            self._journal_records += 1
         self._journal_offset += end
 
     def _catch_up(self, truncate_torn: bool) -> None:
@@ -319,7 +327,6 @@ class Store:
             raise
         with self._mu:
             self._journal_offset += len(data)
-            self._journal_records += len(lines)
 
     # ---------------------------------------------------------------- compaction
 
@@ -341,7 +348,6 @@ class Store:
                 safeio.fsync_dir(self.home)
                 self._journal_ino = os.stat(self.journal_path).st_ino
                 self._journal_offset = 0
-                self._journal_records = 0
 
     def maybe_compact(self) -> bool:
         try:
