@@ -80,13 +80,15 @@ class ReceivePolicy:
         users = []
         for _address, names in envelope.recipients:
             users += [n for n in names if n not in users]
-        trace, auth = self._authenticate(envelope, data)
         try:
             parsed = parse_mime(data)
         except Exception:  # the email package is lenient; this is a last resort
             parsed = {"subject": "", "from_name": "", "from_addr": envelope.mail_from or "", "to": [],
                       "cc": [], "message_id": "", "in_reply_to": "", "references": [],
                       "text": data.decode("utf-8", "replace"), "html": "", "attachments": []}
+        # RFC 7489 §3.1: DMARC aligns with the domain of the header From.
+        header_from_domain = parsed["from_addr"].rpartition("@")[2].lower()
+        trace, auth = self._authenticate(envelope, data, header_from_domain)
         if not parsed["from_addr"]:
             parsed["from_addr"] = envelope.mail_from or ""
         if not parsed["to"] and not parsed["cc"]:   # no To/Cc header: show the envelope recipients
@@ -104,14 +106,13 @@ class ReceivePolicy:
                     rcpts=users, **auth)
         return R.QUEUED.with_text(R.QUEUED.text.format(id=msg_id))
 
-    def _authenticate(self, envelope, data: bytes) -> tuple:
+    def _authenticate(self, envelope, data: bytes, parsed_from: str) -> tuple:
         """The trace headers to prepend (Received, Received-SPF, Authentication-Results)."""
         ip, helo, sender = envelope.peer_ip, envelope.helo, envelope.mail_from or ""
         spf_result, spf_expl = spf_auth.check(ip, sender, helo, timeout=self.config.dns_timeout_seconds)
         if spf_result in ("fail", "softfail", "permerror", "temperror"):
             log("smtp", f"SPF {spf_result} for {sender or '<>'} from {ip}: {spf_expl}")
         dkim_results = dkim_auth.verify(data, self.resolver) if b"dkim-signature" in data[:65536].lower() else []
-        parsed_from = parse_from_domain(data)
         spf_domain = sender.rpartition("@")[2].lower() if sender else helo.lower()
         dmarc_result, dmarc_policy = dmarc.evaluate(parsed_from, spf_result, spf_domain, dkim_results, self.resolver)
         host = self.hostname
@@ -138,25 +139,3 @@ _UNSAFE_IN_TRACE = re.compile(r'[^\x20-\x7e\u00a0-\uffff]|[;"\\]')
 def _clean(text) -> str:
     """Text safe inside a trace header: printable, no quotes or separators, bounded."""
     return _UNSAFE_IN_TRACE.sub("", str(text or ""))[:200]
-
-
-def parse_from_domain(data: bytes) -> str:
-    """The domain of the header From address (RFC 7489 §3.1: the identifier DMARC aligns to)."""
-    header_end = data.find(b"\r\n\r\n")
-    head = data[:header_end if header_end >= 0 else 65536].decode("utf-8", "replace")
-    value, current = "", None
-    for line in head.replace("\r\n", "\n").split("\n"):
-        if line[:1] in (" ", "\t") and current == "from":
-            value += line
-        elif ":" in line:
-            name, _, rest = line.partition(":")
-            current = name.strip().lower()
-            if current == "from" and not value:
-                value = rest
-            elif current == "from":
-                current = None
-        else:
-            current = None
-    addrs = email.utils.getaddresses([value]) if value else []
-    address = addrs[0][1] if addrs else ""
-    return address.rpartition("@")[2].lower().strip(">") if "@" in address else ""
