@@ -9,7 +9,8 @@ import time
 USERNAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{2,31}$")
 # Role addresses that must stay with the operators (RFC 2142, RFC 5321 §4.5.1).
 RESERVED_NAMES = frozenset({"postmaster", "abuse", "admin", "root", "mailer-daemon", "noreply"})
-MIN_PASSWORD_CHARS = 6
+MIN_PASSWORD_CHARS = 6        # for self-service sign-up on the web
+MIN_OPERATOR_PASSWORD_CHARS = 1   # the CLI's operator picks their own policy
 MAX_PASSWORD_CHARS = 1024
 SESSION_SECONDS = 30 * 24 * 3600
 
@@ -58,9 +59,11 @@ def validate_new_name(name: str) -> str:
     return name
 
 
-def validate_password(password: str) -> None:
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise AccountError(f"password must be at least {MIN_PASSWORD_CHARS} characters")
+def validate_password(password: str, minimum: int = MIN_PASSWORD_CHARS) -> None:
+    if not password:
+        raise AccountError("password must not be empty")
+    if len(password) < minimum:
+        raise AccountError(f"password must be at least {minimum} characters")
     if len(password) > MAX_PASSWORD_CHARS:
         raise AccountError("password is too long")
 
@@ -72,9 +75,9 @@ class Accounts:
     # ------------------------------------------------------------ users
 
     def create(self, name: str, password: str, admin: bool = False, credits: int = 0,
-               admin_if_first: bool = False) -> dict:
+               admin_if_first: bool = False, min_password_chars: int = MIN_PASSWORD_CHARS) -> dict:
         name = validate_new_name(name)
-        validate_password(password)
+        validate_password(password, min_password_chars)
         if credits < 0:
             raise AccountError("credits cannot be negative")
         pw = hash_password(password)

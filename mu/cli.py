@@ -118,7 +118,7 @@ def main(argv=None) -> int:
 
 
 def run_command(cfg, args) -> int:
-    from .accounts import AccountError, Accounts
+    from .accounts import MIN_OPERATOR_PASSWORD_CHARS, AccountError, Accounts
     from .blocklist import Blocklist, BlocklistError
     try:
         if args.command == "users":
@@ -126,7 +126,8 @@ def run_command(cfg, args) -> int:
             accounts = Accounts(Store(cfg.home))
             if args.action == "add":
                 password = _read_password(args)
-                user = accounts.create(args.name, password, admin=args.admin, credits=args.credits)
+                user = accounts.create(args.name, password, admin=args.admin, credits=args.credits,
+                                       min_password_chars=MIN_OPERATOR_PASSWORD_CHARS)
                 print(f"created {user['role']} {user['name']}")
             elif args.action == "list":
                 for user in accounts.all():

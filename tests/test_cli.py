@@ -62,10 +62,11 @@ def test_bad_arguments_exit_2_without_traceback_or_writes(home_mu, args):
         assert open(os.path.join(home_mu.home, "blocklist.json"), "rb").read() == blocklist_before
 
 
-def test_duplicate_user_and_short_password(home_mu):
+def test_duplicate_user_and_empty_password(home_mu):
     home_mu.cli("users", "add", "alice", input="secret-pw\n")
     assert home_mu.cli("users", "add", "ALICE", input="secret-pw\n", check=False).returncode == 2
-    assert home_mu.cli("users", "add", "dave", input="123\n", check=False).returncode == 2
+    assert home_mu.cli("users", "add", "dave", input="\n", check=False).returncode == 2
+    assert home_mu.cli("users", "add", "erin", input="pw\n").returncode == 0   # the operator's choice
 
 
 def test_malformed_environment_exit_2_names_variable(home_mu):
