@@ -2,16 +2,18 @@
 
 Layers, bottom to top (each imports only from the layers below it):
 
-    config, safeio, addr, log          settings, durable file writes, address syntax
-    store                              journaled JSON store + blob packs (mail.json)
-    accounts, mailbox, blocklist,      the domain: users, messages, blocklist,
-    ratelimit, credits, dnsresolver    rate limits, DNS
-    auth/ (spf, dkim, dmarc)           message authentication
-    delivery/ (mx, client, queue, dsn) outbound mail
-    smtp/ (replies, parse, session,    the SMTP receiver: protocol state machine
-           server, intake)             and the policy it asks
-    web/                               Bottle app: pages and JSON API
-    cli, app                           command line and process wiring
+    config, safeio, addr, log          settings, durable file writes, address syntax, logging
+    state, store                       tables and indexes; snapshot + journal + blob packs
+    accounts, mailbox, blocklist,      users and credits, messages, the blocklist,
+    ratelimit, dnsresolver,            rate limits, DNS, message writing and reading
+    compose, mime
+    auth/ (spf, dkim, dmarc)           authentication of received mail
+    delivery/ (mx, client, queue,      outbound mail: routing, SMTP client, the durable
+               dsn, signer)            queue, bounces, DKIM signing
+    smtp/ (replies, parse, session,    the SMTP receiver: reply constants, command syntax,
+           server, policy)             the state machine, sockets and threads, acceptance policy
+    web/                               Bottle app: pages and the JSON API
+    doctor, cli, app                   DNS self-check, command line, process wiring
 
 `web` and `smtp` never import each other.
 """
