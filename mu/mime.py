@@ -4,10 +4,12 @@ Broken MIME never raises: whatever cannot be decoded is kept as an attachment or
 shown as text with replacement characters, because losing a message is worse.
 """
 
+import base64
 import email
 import email.header
 import email.policy
 import email.utils
+import quopri
 import re
 
 _MSGID = re.compile(r"<[^<>\s]+>")
@@ -59,11 +61,81 @@ def _part_text(part) -> str:
             return payload.decode("utf-8", "replace")
 
 
+def _simple_text(raw: bytes):
+    """(headers, text) for the common single-part text/plain message, read without the email
+    package; None for anything else (multipart, HTML, odd encodings, malformed headers),
+    which then takes the full parser."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    headers, name = {}, None
+    for line in raw[:end].decode("utf-8", "replace").split("\r\n"):
+        if line[:1] in (" ", "\t") and name:
+            headers[name][-1] += line
+            continue
+        field, sep, value = line.partition(":")
+        if not sep or not field or " " in field or "\n" in line:
+            return None
+        name = field.lower()
+        headers.setdefault(name, []).append(value.strip())
+    ctype = (headers.get("content-type") or ["text/plain"])[0].lower()
+    if not ctype.startswith("text/plain") or headers.get("content-disposition"):
+        return None
+    charset = "utf-8"
+    for param in ctype.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key == "charset":
+            charset = value.strip('"') or "utf-8"
+    encoding = (headers.get("content-transfer-encoding") or ["7bit"])[0].lower()
+    body = raw[end + 4:]
+    if encoding == "quoted-printable":
+        body = quopri.decodestring(body)
+    elif encoding == "base64":
+        try:
+            body = base64.b64decode(body)
+        except ValueError:
+            return None
+    elif encoding not in ("7bit", "8bit", "binary"):
+        return None
+    try:
+        text = body.decode(charset, "replace")
+    except LookupError:   # an unknown charset name: UTF-8 is the best guess
+        text = body.decode("utf-8", "replace")
+    return headers, text.replace("\r\n", "\n")
+
+
 def parse(raw: bytes) -> dict:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    headers = _raw_headers(msg)
+    simple = _simple_text(raw)
+    if simple is not None:
+        headers, text = simple
+        html, attachments = "", []
+    else:
+        headers, text, html, attachments = _parse_mime(raw)
     from_list = _addresses(headers, "From")
     from_name, from_addr = from_list[0] if from_list else ("", "")
+    references = _MSGID.findall(_header(headers, "References"))
+    in_reply_to = _MSGID.findall(_header(headers, "In-Reply-To"))
+    message_id = _MSGID.findall(_header(headers, "Message-ID"))
+    return {
+        "subject": _header(headers, "Subject").replace("\r", "").replace("\n", ""),
+        "from_name": from_name,
+        "from_addr": from_addr,
+        "to": [a for _, a in _addresses(headers, "To")],
+        "cc": [a for _, a in _addresses(headers, "Cc")],
+        "date": _header(headers, "Date"),
+        "message_id": message_id[0] if message_id else "",
+        "in_reply_to": in_reply_to[0] if in_reply_to else "",
+        "references": references,
+        "text": text,
+        "html": html,
+        "attachments": attachments,
+    }
+
+
+def _parse_mime(raw: bytes) -> tuple:
+    """(headers, text, html, attachments) through the email package: any MIME structure."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    headers = _raw_headers(msg)
     text_parts, html_parts, attachments = [], [], []
     try:
         parts = list(msg.walk())
@@ -92,27 +164,11 @@ def parse(raw: bytes) -> dict:
             html_parts.append(_part_text(part))
         elif ctype == "text/plain" or ctype.startswith("text/"):
             text_parts.append(_part_text(part))
-    text = "\n".join(text_parts)
+    text = "\n".join(text_parts).replace("\r\n", "\n")
     html = "\n".join(html_parts)
     if not text and html:
         text = html_to_text(html)
-    references = _MSGID.findall(_header(headers, "References"))
-    in_reply_to = _MSGID.findall(_header(headers, "In-Reply-To"))
-    message_id = _MSGID.findall(_header(headers, "Message-ID"))
-    return {
-        "subject": _header(headers, "Subject").replace("\r", "").replace("\n", ""),
-        "from_name": from_name,
-        "from_addr": from_addr,
-        "to": [a for _, a in _addresses(headers, "To")],
-        "cc": [a for _, a in _addresses(headers, "Cc")],
-        "date": _header(headers, "Date"),
-        "message_id": message_id[0] if message_id else "",
-        "in_reply_to": in_reply_to[0] if in_reply_to else "",
-        "references": references,
-        "text": text,
-        "html": html,
-        "attachments": attachments,
-    }
+    return headers, text, html, attachments
 
 
 _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
