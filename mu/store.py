@@ -71,11 +71,17 @@ class BlobPacks:
             name = newest
         else:
             name = f"{(int(newest.split('.')[0]) + 1) if newest else 1:06d}{PACK_SUFFIX}"
-        self._fd = safeio.open_append(os.path.join(self.folder, name))
+        fd = safeio.open_append(os.path.join(self.folder, name))
         if not newest or name != newest:
             safeio.fsync_dir(self.folder)
-        self._name = name
-        return self._fd
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # A crash mid-append left a partial line no record points at: cut it off.
+            # (Only an opening can find one: this process always appends whole lines.)
+            with open(os.path.join(self.folder, name), "rb") as f:
+                os.ftruncate(fd, f.read().rfind(b"\n") + 1)
+        self._fd, self._name = fd, name
+        return fd
 
     def _newest(self):
         packs = sorted(n for n in os.listdir(self.folder) if n.endswith(PACK_SUFFIX))
@@ -87,12 +93,6 @@ class BlobPacks:
             return []
         fd = self._open_current()
         offset = os.fstat(fd).st_size
-        if offset and os.pread(fd, 1, offset - 1) != b"\n":
-            # A crash mid-append left a partial line no record points at: cut it off.
-            with open(os.path.join(self.folder, self._name), "rb") as f:
-                data = f.read()
-            offset = data.rfind(b"\n") + 1
-            os.ftruncate(fd, offset)
         refs = []
         try:
             lines = [b'"' + base64.b64encode(blob) + b'"\n' for blob in blobs]
