@@ -95,29 +95,18 @@ class Blocklist:
     def remove(self, value: str) -> tuple:
         return self._change(value, False)
 
-    def ip_blocked(self, ip: str) -> bool:
-        try:
-            ip = str(ipaddress.ip_address(ip))
-        except ValueError:
-            return False
-        return ip in self._fresh()
-
     def blocked(self, ip: str, sender: str = "") -> bool:
-        """Whether the client IP or the envelope sender (address or its domain) is blocked."""
+        """Whether the client IP, or the envelope sender (its address or its whole domain),
+        is blocked."""
         entries = self._fresh()
-        if ip in entries or (sender and self._sender_in(entries, sender)):
-            return True
         try:
-            return str(ipaddress.ip_address(ip)) in entries
+            if str(ipaddress.ip_address(ip)) in entries:
+                return True
         except ValueError:
+            pass
+        if not sender:
             return False
-
-    def sender_blocked(self, address: str) -> bool:
-        return bool(address) and self._sender_in(self._fresh(), address)
-
-    @staticmethod
-    def _sender_in(entries: dict, address: str) -> bool:
-        local, _, domain = address.rpartition("@")
+        local, _, domain = sender.rpartition("@")
         try:
             domain = addr.idna_domain(domain)
         except addr.AddressError:

@@ -6,7 +6,7 @@ Each check yields (level, name, what was found, the fix); level is OK, WARN or F
 import os
 import socket
 
-from .auth import spf as spf_auth
+from .auth import parse_tags, spf as spf_auth
 from .dnsresolver import DNSTempError, NXDomain, Resolver
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -31,15 +31,6 @@ def dkim_public_key(config):
             return "".join(line.strip() for line in f if "-----" not in line)
     except OSError:
         return None
-
-
-def _tags(record: str) -> dict:
-    out = {}
-    for part in record.split(";"):
-        k, sep, v = part.partition("=")
-        if sep:
-            out[k.strip().lower()] = "".join(v.split())
-    return out
 
 
 def checks(config, resolver=None):
@@ -115,7 +106,7 @@ def checks(config, resolver=None):
                 f"./scripts/generate-dkim-keys.sh {domain} {selector}")
         elif not published:
             add(FAIL, "DKIM", f"no DKIM record at {name}", key_record)
-        elif _tags(published[0]).get("p") == public:
+        elif "".join(parse_tags(published[0]).get("p", "").split()) == public:   # p= may hold FWS
             add(OK, "DKIM", f"{name} matches {os.path.join(config.home, 'keys', 'dkim.pub')}")
         else:
             add(FAIL, "DKIM", f"{name} does not match dkim.pub (old key or broken record)", key_record)

@@ -51,7 +51,7 @@ class BlobPacks:
     like the journal; the 4/3 size costs less than an fsync per blob file would.
 
     Appends happen only under the store's exclusive flock, so the open descriptor of
-    the current pack is cached and re-checked (size, rotation) at each append.
+    the current pack is cached until the pack is full.
     """
 
     def __init__(self, folder: str):

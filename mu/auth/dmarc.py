@@ -1,15 +1,7 @@
 """DMARC (RFC 7489): the From domain's policy, and alignment of SPF and DKIM with it."""
 
 from ..dnsresolver import DNSTempError
-
-
-def _tags(record: str) -> dict:
-    tags = {}
-    for part in record.split(";"):
-        key, sep, value = part.partition("=")
-        if sep:
-            tags[key.strip().lower()] = value.strip()
-    return tags
+from . import parse_tags
 
 
 def organizational_domain(domain: str) -> str:
@@ -33,7 +25,7 @@ def lookup_policy(from_domain: str, resolver):
     for name in dict.fromkeys([from_domain, organizational_domain(from_domain)]):
         records = [r for r in resolver.txt("_dmarc." + name) if r.lower().startswith("v=dmarc1")]
         if len(records) == 1:
-            return _tags(records[0])
+            return parse_tags(records[0])
     return None
 
 
