@@ -135,7 +135,8 @@ def test_no_mx_falls_back_to_a_record(mu, dns, capture):
 def test_nonexistent_domain_fails(mu):
     name, token = sender(mu)
     msg = mu.send(token, "x@does-not-exist.example")
-    wait_status(mu, token, msg["id"], {"failed"})
+    failed = wait_status(mu, token, msg["id"], {"failed"})
+    assert "does-not-exist.example does not exist" in failed["status_detail"]
     wait_for(lambda: credits(mu, token) == 20, message="refund")
 
 
