@@ -19,7 +19,7 @@
 <table class="list"><thead><tr><th>When</th><th>Event</th><th>Details</th></tr></thead><tbody>
 % import datetime
 % for e in events:
-<tr><td>{{datetime.datetime.utcfromtimestamp(e['at']).strftime('%Y-%m-%d %H:%M:%S')}}</td><td>{{e['kind']}}</td>
+<tr><td class="nowrap">{{datetime.datetime.utcfromtimestamp(e['at']).strftime('%Y-%m-%d %H:%M:%S')}}</td><td class="nowrap">{{e['kind']}}</td>
 <td>{{', '.join('%s=%s' % (k, v) for k, v in sorted(e.items()) if k not in ('kind', 'at'))}}</td></tr>
 % end
 </tbody></table>
