@@ -6,6 +6,7 @@ scheduler and workers, and the sweeper (rate-limit state, store compaction).
 
 import collections
 import fcntl
+import gc
 import os
 import signal
 import sys
@@ -25,6 +26,10 @@ from .store import Store
 
 SWEEP_INTERVAL_SECONDS = 60.0
 EVENT_LOG_SIZE = 500
+# Young-generation collections every 20,000 net container allocations instead of 700: a
+# received message allocates a few hundred short-lived dicts and lists, nearly all freed by
+# reference counting, so frequent passes of the cycle collector found little and cost time.
+GC_THRESHOLDS = (20_000, 20, 100)
 
 
 class EventLog:
@@ -74,6 +79,19 @@ def _claim_home(home: str):
     return fd
 
 
+def _settle_heap() -> None:
+    """Keep the cycle collector off the store's long-lived state.
+
+    The loaded store is hundreds of thousands of plain dicts and lists with no reference
+    cycles; every full collection walked all of them (about 7% of receive CPU, and pauses
+    that grow with the store). Freezing them after start-up leaves them to reference
+    counting, which frees a deleted message's objects at once.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def serve(config, host: str, port: int) -> int:
     import waitress
 
@@ -85,6 +103,7 @@ def serve(config, host: str, port: int) -> int:
     if _claim_home(config.home) is None:
         print(f"mu: error: another mu server is already running with MU_HOME={config.home}", file=sys.stderr)
         return 2
+    _settle_heap()
     app.signer.log_status()
     policy = ReceivePolicy(config, app.mailbox, app.blocklist, app.connection_limiter,
                            app.message_limiter, app.resolver, events=app.events)
