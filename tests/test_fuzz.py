@@ -110,3 +110,68 @@ def test_simple_text_fast_path_agrees_with_the_email_package(body, cte, charset)
     fast = mime.parse(raw)
     headers, text, _html, _atts = mime._parse_mime(raw)
     assert fast["text"] == text and fast["subject"] == "Grüße ✓" and fast["from_name"] == "Ann"
+
+
+# ---------------------------------------------------------------- DATA reader
+
+class ChunkedSocket:
+    """recv() hands out the stream in the chunks given, then end-of-stream."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+
+    def recv(self, _size):
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def _read(reader_chunks, max_bytes, by_line: bool):
+    from mu.smtp import server
+    reader = server.LineReader(ChunkedSocket(reader_chunks), lambda: None)
+    try:
+        if by_line:
+            result = server._read_data_by_line(reader, max_bytes, [], 0, None, True)
+        else:
+            result = server.read_data(reader, max_bytes)
+    except server.ClientGone:
+        return "gone"
+    rest = reader.buf[reader.pos:] + b"".join(reader.sock.chunks)
+    return result, rest
+
+
+_DATA_PIECES = st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"x", b"hello", b"\r\n.\r\n", b".\r\n",
+                                b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"y" * 999, b"z" * 1500, b"\0", b"\xff"])
+
+
+@FUZZ
+@given(st.lists(_DATA_PIECES, max_size=40), st.lists(st.integers(1, 3000), max_size=8),
+       st.sampled_from([10485760, 2000, 50]))
+def test_data_reader_agrees_with_the_line_by_line_rules(pieces, cuts, max_bytes):
+    """The fast DATA reader returns what reading line by line returns — content, error and
+    what is left for the next command — however the stream is split into reads."""
+    stream = b"".join(pieces) + b"\r\n.\r\nQUIT\r\n"
+    chunks, at = [], 0
+    for cut in cuts:
+        if at < len(stream):
+            chunks.append(stream[at:at + cut])
+            at += cut
+    chunks.append(stream[at:])
+    chunks = [c for c in chunks if c]
+    assert _read(chunks, max_bytes, by_line=False) == _read(chunks, max_bytes, by_line=True)
+
+
+def test_data_reader_cases():
+    """Dot-stuffing undone, the end marker found across reads, smuggling shapes not ending."""
+    cases = [
+        ([b"a\r\n..b\r\n.\r\n"], (b"a\r\n.b\r\n", None)),
+        ([b"a\r\n", b".", b"\r\n"], (b"a\r\n", None)),
+        ([b".\r\n"], (b"", None)),
+        ([b"a\n.\r\nb\r\n.\r\n"], (b"a\n\r\nb\r\n", None)),
+        ([b"a\r.\r\nb\r\n.\r\n"], (b"a\r.\r\nb\r\n", None)),
+        ([b"a\r\n.\nb\r\n.\r\n"], (b"a\r\n\nb\r\n", None)),
+    ]
+    for chunks, expected in cases:
+        assert _read(chunks, 10485760, by_line=False)[0] == expected, chunks
+    too_long = _read([b"a" * 1001 + b"\r\n.\r\n"], 10485760, by_line=False)[0]
+    assert too_long == (None, R.DATA_LINE_TOO_LONG)
+    assert _read([b"a" * 998 + b"\r\n.\r\n"], 10485760, by_line=False)[0] == (b"a" * 998 + b"\r\n", None)
+    assert _read([b"abc\r\n" * 100 + b".\r\n"], 50, by_line=False)[0] == (None, R.MESSAGE_TOO_BIG)

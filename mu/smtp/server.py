@@ -75,16 +75,59 @@ class LineReader:
             self._fill()
 
 
+# RFC 5321 §4.1.1.4: the data ends with a line holding only "." that follows a CRLF.
+_END_OF_DATA = b"\r\n.\r\n"
+
+
 def read_data(reader: LineReader, max_bytes: int) -> tuple:
     """Read message content up to <CRLF>.<CRLF> (RFC 5321 §4.1.1.4), undoing dot-stuffing.
 
     Returns (content or None, error reply or None). Only a line that is exactly ".\\r\\n"
     and follows a CRLF ends the data: a bare LF or CR before a dot does not (SMTP
     smuggling). Past `max_bytes` content is counted but no longer kept.
+
+    Whole runs of buffered lines are handled at once with bytes methods (find, replace),
+    which is what makes a large message cheap; the first line over the length limit hands
+    the rest of the message to the line-by-line reader, which owns that rule.
     """
-    chunks, size = [], 0
-    error = None
-    after_crlf = True
+    kept, size, error = [], 0, None
+    after_crlf = True   # the data begins right after the DATA command's CRLF
+    limit = TEXT_LINE_LIMIT + 1   # a dot-stuffed line's leading dot does not count
+    while True:
+        buf, pos = reader.buf, reader.pos
+        if after_crlf and buf.startswith(b".\r\n", pos):
+            reader.pos = pos + 3
+            break
+        end = buf.find(_END_OF_DATA, pos)
+        finished = end >= 0
+        stop = end + 2 if finished else buf.rfind(b"\n", pos) + 1   # whole lines only
+        if stop <= pos:   # no whole line buffered yet
+            if len(buf) - pos > limit:
+                return _read_data_by_line(reader, max_bytes, kept, size, error, after_crlf)
+            reader._fill()
+            continue
+        run = buf[pos:stop]
+        if len(run) > limit and max(map(len, run.split(b"\n"))) >= limit:
+            return _read_data_by_line(reader, max_bytes, kept, size, error, after_crlf)
+        content = run.replace(b"\n.", b"\n")
+        if content.startswith(b"."):
+            content = content[1:]
+        size += len(content)
+        if size > max_bytes:
+            error = R.MESSAGE_TOO_BIG
+        if error is None:
+            kept.append(content)
+        after_crlf = run.endswith(b"\r\n")
+        reader.pos = stop + 3 if finished else stop
+        if finished:
+            break
+    if error is not None:
+        return None, error
+    return b"".join(kept), None
+
+
+def _read_data_by_line(reader: LineReader, max_bytes: int, kept: list, size: int, error, after_crlf: bool) -> tuple:
+    """The rest of `read_data`, one line at a time from a line start."""
     while True:
         line, too_long = reader.readline(TEXT_LINE_LIMIT + 1)
         if after_crlf and line == b".\r\n" and not too_long:
@@ -98,10 +141,10 @@ def read_data(reader: LineReader, max_bytes: int) -> tuple:
         if size > max_bytes:
             error = R.MESSAGE_TOO_BIG
         if error is None:
-            chunks.append(line)
+            kept.append(line)
     if error is not None:
         return None, error
-    return b"".join(chunks), None
+    return b"".join(kept), None
 
 
 def set_io_timeout(sock, seconds: float) -> None:
