@@ -4,11 +4,12 @@ Every change is an atomic rewrite under flock, so the CLI and the server never l
 other's writes; the server re-reads the file whenever its inode or mtime changes.
 """
 
+import functools
 import ipaddress
+import json
 import os
 import threading
 import time
-import json
 
 from . import addr, safeio
 from .log import log
@@ -35,6 +36,16 @@ def classify(value: str) -> tuple:
     except addr.AddressError:
         raise BlocklistError(f"not an email address, *@domain or IP address: {value!r}") from None
     return "email", f"{local.lower()}@{domain}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(text: str):
+    """An IP address as the blocklist stores it, or None. Cached: every connection and
+    every MAIL asks, mostly for the same few addresses."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 class Blocklist:
@@ -99,11 +110,8 @@ class Blocklist:
         """Whether the client IP, or the envelope sender (its address or its whole domain),
         is blocked."""
         entries = self._fresh()
-        try:
-            if str(ipaddress.ip_address(ip)) in entries:
-                return True
-        except ValueError:
-            pass
+        if _canonical_ip(ip) in entries:
+            return True
         if not sender:
             return False
         local, _, domain = sender.rpartition("@")

@@ -13,6 +13,12 @@ import quopri
 import re
 
 _MSGID = re.compile(r"<[^<>\s]+>")
+# One plain address (`a@b.c`, `Name <a@b.c>` or `"Name" <a@b.c>`) in an address header:
+# nearly every From, and most To, take this shape. Anything else goes to the email package.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDR = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_MAILBOX = re.compile(
+    rf'[ \t]*(?:({_PLAIN_ADDR})|(?:"([^"\\]*)"|({_ATEXT}(?:[ \t]+{_ATEXT})*))?[ \t]*<({_PLAIN_ADDR})>)[ \t]*')
 
 
 def decode_words(value: str) -> str:
@@ -39,9 +45,27 @@ def _header(headers: dict, name: str) -> str:
     return decode_words(values[0]) if values else ""
 
 
+def _plain_mailbox(values: list):
+    """[(display name, address)] when the header is one plain mailbox, else None. Gives
+    what `email.utils.getaddresses` gives for these shapes (a property test checks)."""
+    if len(values) != 1:
+        return None
+    match = _PLAIN_MAILBOX.fullmatch(values[0])
+    if match is None:
+        return None
+    bare, quoted, phrase, bracketed = match.groups()
+    if bare:
+        return [("", bare)]
+    return [(quoted if quoted is not None else " ".join((phrase or "").split()), bracketed)]
+
+
 def _addresses(headers: dict, name: str) -> list:
+    values = headers.get(name.lower(), [])
+    plain = _plain_mailbox(values)
+    if plain is not None:
+        return [(decode_words(n), a) for n, a in plain]
     try:
-        pairs = email.utils.getaddresses(headers.get(name.lower(), []))
+        pairs = email.utils.getaddresses(values)
         return [(decode_words(n), a) for n, a in pairs if a and "@" in a]
     except Exception:
         return []

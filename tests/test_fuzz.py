@@ -175,3 +175,29 @@ def test_data_reader_cases():
     assert too_long == (None, R.DATA_LINE_TOO_LONG)
     assert _read([b"a" * 998 + b"\r\n.\r\n"], 10485760, by_line=False)[0] == (b"a" * 998 + b"\r\n", None)
     assert _read([b"abc\r\n" * 100 + b".\r\n"], 50, by_line=False)[0] == (None, R.MESSAGE_TOO_BIG)
+
+
+# ---------------------------------------------------------------- address headers
+
+_HEADER_PIECES = st.sampled_from(["alice@example.org", "bob.smith@mail.example.org", "<", ">", '"', "\\", " ", "\t",
+                                  "Alice", "Smith", ",", ";", ":", "(", ")", ".", "@", "=?utf-8?q?J=C3=B6rg?=",
+                                  "x+tag@ex-ample.org", "[1.2.3.4]", "'", "!#$%&*+/=?^_`{|}~-", "é"])
+
+
+@FUZZ
+@given(st.lists(_HEADER_PIECES, max_size=12))
+def test_plain_mailbox_reading_agrees_with_the_email_package(pieces):
+    import email.utils
+    value = "".join(pieces)
+    plain = mime._plain_mailbox([value])
+    if plain is not None:
+        assert plain == email.utils.getaddresses([value]), value
+
+
+def test_plain_mailbox_shapes_take_the_fast_path():
+    import email.utils
+    for value in ["alice@example.org", "Alice Smith <alice@example.org>", '"Smith, Alice" <alice@example.org>',
+                  "  <alice@example.org> ", "=?utf-8?q?J=C3=B6rg?= <j@example.org>", '"" <a@b.example>']:
+        assert mime._plain_mailbox([value]) == email.utils.getaddresses([value]), value
+    for value in ["a@b.example, c@d.example", "Alice <a@b.example> (comment)", "John Q. Public <j@example.org>"]:
+        assert mime._plain_mailbox([value]) is None, value

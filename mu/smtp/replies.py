@@ -5,15 +5,21 @@ Tests import these same constants, so a reply's wording lives in exactly one pla
 
 
 class Reply:
-    __slots__ = ("code", "enhanced", "text")
+    __slots__ = ("code", "enhanced", "text", "_wire")
 
     def __init__(self, code: int, enhanced: str, text: str):
         self.code, self.enhanced, self.text = code, enhanced, text
+        self._wire = None
 
     def with_text(self, text: str) -> "Reply":
         return Reply(self.code, self.enhanced, text)
 
     def encode(self) -> bytes:
+        if self._wire is None:   # replies are constants: encode each once
+            self._wire = self._encode()
+        return self._wire
+
+    def _encode(self) -> bytes:
         lines = self.text.split("\n")
         out = []
         for i, line in enumerate(lines):
