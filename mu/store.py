@@ -59,11 +59,13 @@ class BlobPacks:
         self._name = None
         self._fd = None
 
-    def _open_current(self) -> int:
+    def _open_current(self) -> tuple:
+        """(descriptor, size) of the pack to append to."""
         if self._fd is not None:
             # Packs rotate only when full, so below the limit the cached one is still current.
-            if os.fstat(self._fd).st_size < PACK_ROTATE_BYTES:
-                return self._fd
+            size = os.fstat(self._fd).st_size
+            if size < PACK_ROTATE_BYTES:
+                return self._fd, size
             os.close(self._fd)
             self._fd = None
         newest = self._newest()
@@ -81,7 +83,7 @@ class BlobPacks:
             with open(os.path.join(self.folder, name), "rb") as f:
                 os.ftruncate(fd, f.read().rfind(b"\n") + 1)
         self._fd, self._name = fd, name
-        return fd
+        return fd, os.fstat(fd).st_size
 
     def _newest(self):
         packs = sorted(n for n in os.listdir(self.folder) if n.endswith(PACK_SUFFIX))
@@ -91,8 +93,7 @@ class BlobPacks:
         """Write every blob durably (caller holds the store's flock); return their refs."""
         if not blobs:
             return []
-        fd = self._open_current()
-        offset = os.fstat(fd).st_size
+        fd, offset = self._open_current()
         refs = []
         try:
             lines = [b'"' + base64.b64encode(blob) + b'"\n' for blob in blobs]
@@ -145,6 +146,7 @@ class Store:
         self._journal_ino = None
         self._journal_offset = 0
         self._journal_fd = None
+        self._journal_fd_ino = None
         self._writer_lock_fd = safeio.open_lock_file(self.lock_path)
         if not os.path.exists(self.snapshot_path):
             with safeio.flocked(self.lock_path, exclusive=True):
@@ -309,13 +311,17 @@ class Store:
                     self._load_all(truncate_torn=True)
 
     def _append_lines(self, lines) -> None:
+        """Append to the journal (caller holds the writer flock and has just caught up,
+        so `_journal_ino` is the journal's current inode)."""
         data = ("\n".join(lines) + "\n").encode("utf-8")
         fd = self._journal_fd
-        if fd is None or os.fstat(fd).st_ino != self._journal_ino:
+        if fd is None or self._journal_fd_ino != self._journal_ino:
             if fd is not None:
                 os.close(fd)
-            fd = self._journal_fd = safeio.open_append(self.journal_path)
-            if os.fstat(fd).st_ino != self._journal_ino:
+                self._journal_fd = None
+            fd = safeio.open_append(self.journal_path)
+            self._journal_fd, self._journal_fd_ino = fd, os.fstat(fd).st_ino
+            if self._journal_fd_ino != self._journal_ino:
                 raise StoreError("journal replaced during a write")
         try:
             view = memoryview(data)

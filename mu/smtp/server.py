@@ -153,7 +153,8 @@ def set_io_timeout(sock, seconds: float) -> None:
     Python's own socket timeout polls before every recv and send; with the kernel's
     timers each read is one system call, which matters with many threads sharing the GIL.
     """
-    sock.settimeout(None)
+    if sock.gettimeout() is not None:   # accepted sockets are already blocking
+        sock.settimeout(None)
     whole = int(seconds)
     packed = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, packed)
@@ -320,14 +321,23 @@ class SMTPServer(socketserver.TCPServer):
                 continue
             self._serve_connection(request, client_address)
 
+    def shutdown_request(self, request):
+        # close() alone: the socket is ours only, and shutdown() costs a system call
+        # (and a turn of the GIL) per connection for nothing.
+        request.close()
+
     def _serve_connection(self, request, client_address):
         with self._active_changed:
             self._active += 1
+        connection = None
         try:
-            Connection(self, request, _peer_ip(client_address)).run()
+            connection = Connection(self, request, _peer_ip(client_address))
+            connection.run()
         except Exception as exc:
             log("smtp", f"connection from {client_address[0]} failed: {exc!r}")
         finally:
+            if connection is not None and connection.sock is not request:
+                connection.sock.close()   # the TLS socket that replaced `request`
             self.shutdown_request(request)
             self._slots.release()
             with self._active_changed:
