@@ -79,6 +79,16 @@ def _claim_home(home: str):
     return fd
 
 
+def _keep_to_cpus(count: int) -> None:
+    """Run every thread of this process on `count` cores (0: any), before any thread starts
+    so all of them inherit it. Why one core by default: docs/configuration.md, MU_CPUS."""
+    if not count or not hasattr(os, "sched_setaffinity"):
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) > count:
+        os.sched_setaffinity(0, allowed[-count:])
+
+
 def _settle_heap() -> None:
     """Keep the cycle collector off the store's long-lived state.
 
@@ -99,6 +109,7 @@ def serve(config, host: str, port: int) -> int:
     from .smtp.server import SMTPServer
     from .web import make_web_app
 
+    _keep_to_cpus(config.cpus)
     app = App(config)
     if _claim_home(config.home) is None:
         print(f"mu: error: another mu server is already running with MU_HOME={config.home}", file=sys.stderr)

@@ -67,6 +67,16 @@ def _word(text: str) -> str:
     return value
 
 
+def _cpus(text: str) -> int:
+    """`all` (0: wherever the system schedules) or a number of CPU cores."""
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        return _int(1)(text)
+    except ValueError:
+        raise ValueError(f"expected a number of CPU cores or 'all', got {text!r}") from None
+
+
 def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
@@ -99,6 +109,8 @@ SETTINGS = [
     ("MAIL_QUEUE_WORKERS", "queue_workers", "4", _int(1, 64), "outbound delivery threads"),
     ("MAIL_RETRY_BASE_SECONDS", "retry_base_seconds", "60", _seconds,
      "first outbound retry delay, seconds; later ones grow 5x, 15x, 30x, 60x, 120x, 240x of it"),
+    ("MU_CPUS", "cpus", "1", _cpus,
+     "CPU cores the server's threads may run on, or `all`; one is fastest for CPython's threads (see docs)"),
 ]
 
 
@@ -125,6 +137,7 @@ class Config:
     queue_lifetime_seconds: float
     queue_workers: int
     retry_base_seconds: float
+    cpus: int
 
     @property
     def dkim_key_path(self) -> str:

@@ -71,7 +71,7 @@ def test_duplicate_user_and_empty_password(home_mu):
 
 def test_malformed_environment_exit_2_names_variable(home_mu):
     for var, value in (("MAIL_PORT", "abc"), ("MAIL_MAX_SIZE", "-5"), ("MAIL_TIMEOUT", "soon"),
-                       ("MAIL_DNS_SERVER", "nohostport")):
+                       ("MAIL_DNS_SERVER", "nohostport"), ("MU_CPUS", "some")):
         env = dict(home_mu.env, **{var: value})
         out = subprocess.run([sys.executable, MU, "users", "list"], env=env, capture_output=True, text=True)
         assert out.returncode == 2 and var in out.stderr and len(out.stderr.strip().splitlines()) == 1

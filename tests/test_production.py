@@ -254,3 +254,23 @@ def test_admin_dns_page_shows_the_doctor_report(make_mu):
     page = opener.open(base + "/admin/dns").read().decode()
     assert "DNS check for doctor-page.test" in page and "doctor-page.test does not exist in DNS" in page
     assert "./scripts/generate-dkim-keys.sh doctor-page.test default" in page
+
+
+def _thread_cpus(pid: int) -> set:
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            found.add(next(line.split(":", 1)[1].strip() for line in f if line.startswith("Cpus_allowed_list")))
+    return found
+
+
+def test_server_threads_keep_to_one_core_unless_told(make_mu):
+    """MU_CPUS: every thread shares one core by default (the last allowed), all with `all`."""
+    allowed = sorted(os.sched_getaffinity(0))
+    one = make_mu()
+    smtp_dialog(one.smtp_port, [b"QUIT"])   # connection threads exist too
+    assert _thread_cpus(one.proc.pid) == {str(allowed[-1])}
+    if len(allowed) > 1:
+        spread = make_mu(MU_CPUS="all")
+        assert _thread_cpus(spread.proc.pid) == _thread_cpus(os.getpid())
+        assert _thread_cpus(spread.proc.pid) != {str(allowed[-1])}
