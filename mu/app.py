@@ -84,9 +84,12 @@ def _keep_to_cpus(count: int) -> None:
     so all of them inherit it. Why one core by default: docs/configuration.md, MU_CPUS."""
     if not count or not hasattr(os, "sched_setaffinity"):
         return
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) > count:
-        os.sched_setaffinity(0, allowed[-count:])
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) > count:
+            os.sched_setaffinity(0, allowed[-count:])
+    except OSError as exc:   # a sandbox may forbid it; mu runs the same, a little slower
+        log("mail", f"cannot keep to {count} CPU cores ({exc.strerror or exc}); using all")
 
 
 def _settle_heap() -> None:
