@@ -129,7 +129,7 @@ def _read(reader_chunks, max_bytes, by_line: bool):
     reader = server.LineReader(ChunkedSocket(reader_chunks), lambda: None)
     try:
         if by_line:
-            result = server._read_data_by_line(reader, max_bytes, [], 0, None, True)
+            result = server._read_data_by_line(reader, server._Content(max_bytes), True)
         else:
             result = server.read_data(reader, max_bytes)
     except server.ClientGone:

@@ -79,6 +79,27 @@ class LineReader:
 _END_OF_DATA = b"\r\n.\r\n"
 
 
+class _Content:
+    """Message content as it is read: kept up to `max_bytes`, counted beyond, and the
+    first error that decides the reply."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.kept, self.size, self.error = [], 0, None
+
+    def add(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.size > self.max_bytes:
+            self.error = R.MESSAGE_TOO_BIG
+        if self.error is None:
+            self.kept.append(piece)
+
+    def result(self) -> tuple:
+        if self.error is not None:
+            return None, self.error
+        return b"".join(self.kept), None
+
+
 def read_data(reader: LineReader, max_bytes: int) -> tuple:
     """Read message content up to <CRLF>.<CRLF> (RFC 5321 §4.1.1.4), undoing dot-stuffing.
 
@@ -90,61 +111,43 @@ def read_data(reader: LineReader, max_bytes: int) -> tuple:
     which is what makes a large message cheap; the first line over the length limit hands
     the rest of the message to the line-by-line reader, which owns that rule.
     """
-    kept, size, error = [], 0, None
+    content = _Content(max_bytes)
     after_crlf = True   # the data begins right after the DATA command's CRLF
     limit = TEXT_LINE_LIMIT + 1   # a dot-stuffed line's leading dot does not count
     while True:
         buf, pos = reader.buf, reader.pos
         if after_crlf and buf.startswith(b".\r\n", pos):
             reader.pos = pos + 3
-            break
+            return content.result()
         end = buf.find(_END_OF_DATA, pos)
         finished = end >= 0
         stop = end + 2 if finished else buf.rfind(b"\n", pos) + 1   # whole lines only
         if stop <= pos:   # no whole line buffered yet
             if len(buf) - pos > limit:
-                return _read_data_by_line(reader, max_bytes, kept, size, error, after_crlf)
+                return _read_data_by_line(reader, content, after_crlf)
             reader._fill()
             continue
         run = buf[pos:stop]
         if len(run) > limit and max(map(len, run.split(b"\n"))) >= limit:
-            return _read_data_by_line(reader, max_bytes, kept, size, error, after_crlf)
-        content = run.replace(b"\n.", b"\n")
-        if content.startswith(b"."):
-            content = content[1:]
-        size += len(content)
-        if size > max_bytes:
-            error = R.MESSAGE_TOO_BIG
-        if error is None:
-            kept.append(content)
+            return _read_data_by_line(reader, content, after_crlf)
+        unstuffed = run.replace(b"\n.", b"\n")
+        content.add(unstuffed[1:] if unstuffed.startswith(b".") else unstuffed)
         after_crlf = run.endswith(b"\r\n")
         reader.pos = stop + 3 if finished else stop
         if finished:
-            break
-    if error is not None:
-        return None, error
-    return b"".join(kept), None
+            return content.result()
 
 
-def _read_data_by_line(reader: LineReader, max_bytes: int, kept: list, size: int, error, after_crlf: bool) -> tuple:
+def _read_data_by_line(reader: LineReader, content: _Content, after_crlf: bool) -> tuple:
     """The rest of `read_data`, one line at a time from a line start."""
     while True:
         line, too_long = reader.readline(TEXT_LINE_LIMIT + 1)
         if after_crlf and line == b".\r\n" and not too_long:
-            break
-        if too_long and error is None:
-            error = R.DATA_LINE_TOO_LONG
+            return content.result()
+        if too_long and content.error is None:
+            content.error = R.DATA_LINE_TOO_LONG
         after_crlf = line.endswith(b"\r\n")
-        if line.startswith(b"."):
-            line = line[1:]
-        size += len(line)
-        if size > max_bytes:
-            error = R.MESSAGE_TOO_BIG
-        if error is None:
-            kept.append(line)
-    if error is not None:
-        return None, error
-    return b"".join(kept), None
+        content.add(line[1:] if line.startswith(b".") else line)
 
 
 def set_io_timeout(sock, seconds: float) -> None:
