@@ -131,7 +131,7 @@ def serve(config, host: str, port: int) -> int:
     log("smtp", f"Starting SMTP server (receive only) on {config.smtp_host}:{app.smtp_server.port}")
     app.queue.start()
     sweeper = Sweeper([app.connection_limiter, app.message_limiter], SWEEP_INTERVAL_SECONDS,
-                      chores=[app.store.maybe_compact])
+                      chores=[app.store.maybe_compact, app.store.maybe_reclaim])
     sweeper.start()
 
     wsgi = make_web_app(app)

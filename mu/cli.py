@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_parser("status", help="say whether DKIM signing is on")
 
     sub.add_parser("doctor", help="check DNS records and ports for MAIL_DOMAIN")
+    sub.add_parser("compact", help="fold the journal into the snapshot and give back deleted messages' "
+                                   "disk space now (the server also does it by itself)")
     return p
 
 
@@ -155,6 +157,11 @@ def run_command(cfg, args) -> int:
         elif args.command == "doctor":
             from .doctor import run_doctor
             return run_doctor(cfg)
+        elif args.command == "compact":
+            from .store import Store
+            result = Store(cfg.home).reclaim_blobs(min_dead_bytes=0, always_compact=True)
+            print(f"compacted; blob packs: {len(result['rewritten'])} rewritten, {len(result['removed'])} removed, "
+                  f"{result['bytes_freed']} bytes freed")
     except (AccountError, BlocklistError) as exc:
         raise CLIError(str(exc)) from None
     return 0

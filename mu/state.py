@@ -9,6 +9,7 @@ import bisect
 import time
 
 FOLDERS = ("inbox", "sent")
+BLOB_FIELDS = ("raw_blob", "body_blob", "html_blob")   # message fields that hold a blob ref
 
 
 class State:
@@ -46,6 +47,16 @@ class State:
         for msg_id in sorted(data.get("messages", {})):
             state._index_message(data["messages"][msg_id])
         return state
+
+    def blob_holders(self):
+        """Every (dict, key) where dict[key] is a blob ref (`pack:offset:length`)."""
+        for msg in self.messages.values():
+            for key in BLOB_FIELDS:
+                if msg.get(key):
+                    yield msg, key
+            for att in msg.get("attachments", ()):
+                if att.get("blob"):
+                    yield att, "blob"
 
     # ------------------------------------------------------------ indexes
 

@@ -4,8 +4,9 @@ On disk, under MU_HOME:
 
     mail.json      snapshot: {"format": "mu-store-1", "seq": N, "state": {...}}
     mail.journal   JSON lines, one record each: {"seq": N, "op": "...", ...}
-    blobs/*.jsonl  append-only packs of message bodies, raw messages and attachments:
-                   JSON lines, each one JSON string holding one blob in base64
+    blobs/*.jsonl  packs of message bodies, raw messages and attachments: JSON lines,
+                   each one JSON string holding one blob in base64; appended to, and
+                   rewritten without deleted messages' blobs (`reclaim_blobs`)
     .lock          flock(2) target shared by the server and the CLI (holds "{}")
 
 A commit appends its blobs to the current pack (fsync), then its records to the
@@ -29,6 +30,7 @@ import fcntl
 import json
 import os
 import threading
+import time
 
 from . import safeio
 from .log import log
@@ -38,6 +40,10 @@ SNAPSHOT_FORMAT = "mu-store-1"
 PACK_ROTATE_BYTES = 256 * 1024 * 1024
 PACK_SUFFIX = ".jsonl"
 COMPACT_MIN_JOURNAL_BYTES = 32 * 1024 * 1024
+# A pack is rewritten when at least half of it, and at least this much, belongs to
+# deleted messages; the scan that finds out runs at most this often.
+RECLAIM_MIN_DEAD_BYTES = 8 * 1024 * 1024
+RECLAIM_INTERVAL_SECONDS = 3600.0
 
 
 class StoreError(Exception):
@@ -63,9 +69,10 @@ class BlobPacks:
         """(descriptor, size) of the pack to append to."""
         if self._fd is not None:
             # Packs rotate only when full, so below the limit the cached one is still current.
-            size = os.fstat(self._fd).st_size
-            if size < PACK_ROTATE_BYTES:
-                return self._fd, size
+            st = os.fstat(self._fd)
+            # (A pack emptied and removed by reclamation has no links left: never append there.)
+            if st.st_size < PACK_ROTATE_BYTES and st.st_nlink:
+                return self._fd, st.st_size
             os.close(self._fd)
             self._fd = None
         newest = self._newest()
@@ -110,6 +117,46 @@ class BlobPacks:
             raise
         return refs
 
+    def sizes(self) -> dict:
+        """Pack number (as in refs) -> size in bytes, for every pack."""
+        return {name[:6]: os.path.getsize(os.path.join(self.folder, name))
+                for name in os.listdir(self.folder) if name.endswith(PACK_SUFFIX)}
+
+    def copy_to_new_pack(self, refs) -> dict:
+        """Copy the blobs `refs` name, line for line, into a pack of their own (fsynced);
+        return old ref -> new ref. Appends then go on in the newest pack, as ever."""
+        newest = self._newest()
+        name = f"{(int(newest.split('.')[0]) + 1) if newest else 1:06d}{PACK_SUFFIX}"
+        fd = safeio.open_append(os.path.join(self.folder, name))
+        moved, offset = {}, 0
+        try:
+            for ref in refs:
+                pack, start, length = ref.split(":")
+                with open(os.path.join(self.folder, pack + PACK_SUFFIX), "rb") as f:
+                    f.seek(int(start))
+                    line = f.read(int(length))
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                moved[ref] = f"{name[:6]}:{offset}:{len(line)}"
+                offset += len(line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        safeio.fsync_dir(self.folder)
+        self.forget_current()   # the cached pack is no longer the newest
+        return moved
+
+    def forget_current(self) -> None:
+        """Close the cached pack; the next append opens the newest one."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self, pack: str) -> None:
+        os.unlink(os.path.join(self.folder, pack + PACK_SUFFIX))
+        safeio.fsync_dir(self.folder)
+
     def read(self, ref: str) -> bytes:
         pack, offset, length = ref.split(":")
         if not pack.isdigit():
@@ -120,6 +167,15 @@ class BlobPacks:
         finally:
             os.close(fd)
         return base64.b64decode(line.strip()[1:-1])
+
+
+def _reclaimable(sizes: dict, live: dict, min_dead_bytes: int) -> tuple:
+    """(packs nothing points at, other than the newest; packs mostly dead)."""
+    newest = max(sizes) if sizes else None
+    unused = [p for p in sizes if not live.get(p) and p != newest]
+    mostly_dead = [p for p in sizes if live.get(p)
+                   and sizes[p] - live[p] >= max(min_dead_bytes, sizes[p] / 2)]
+    return unused, mostly_dead
 
 
 class _Ticket:
@@ -147,6 +203,7 @@ class Store:
         self._journal_offset = 0
         self._journal_fd = None
         self._journal_fd_ino = None
+        self._last_reclaim_check = time.monotonic()
         self._writer_lock_fd = safeio.open_lock_file(self.lock_path)
         if not os.path.exists(self.snapshot_path):
             with safeio.flocked(self.lock_path, exclusive=True):
@@ -175,6 +232,9 @@ class Store:
 
     def _load_all(self, truncate_torn: bool, snapshot: tuple = None) -> None:
         """Snapshot plus journal (caller holds flock and _mu)."""
+        # A new snapshot may come with a reclamation pass that made a new newest pack:
+        # append there from now on, so the old pack can empty and go.
+        self.blobs.forget_current()
         _ino, self._seq, self.state = snapshot or self._read_snapshot()
         self._journal_ino, self._journal_offset = None, 0
         if not os.path.exists(self.journal_path):
@@ -344,16 +404,75 @@ class Store:
         with safeio.flocked(self.lock_path, exclusive=True):
             with self._mu:
                 self._catch_up(truncate_torn=True)
-                snapshot = {"format": SNAPSHOT_FORMAT, "seq": self._seq, "state": self.state.dump()}
-                safeio.write_json_atomic(self.snapshot_path, snapshot)
-                fresh = self.journal_path + ".new"
-                fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, safeio.FILE_MODE)
-                os.fsync(fd)
-                os.close(fd)
-                os.replace(fresh, self.journal_path)
-                safeio.fsync_dir(self.home)
-                self._journal_ino = os.stat(self.journal_path).st_ino
-                self._journal_offset = 0
+                self._snapshot_and_reset_journal()
+
+    def _snapshot_and_reset_journal(self) -> None:
+        """(Caller holds the exclusive flock and _mu, and has caught up.)"""
+        snapshot = {"format": SNAPSHOT_FORMAT, "seq": self._seq, "state": self.state.dump()}
+        safeio.write_json_atomic(self.snapshot_path, snapshot)
+        fresh = self.journal_path + ".new"
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, safeio.FILE_MODE)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(fresh, self.journal_path)
+        safeio.fsync_dir(self.home)
+        self._journal_ino = os.stat(self.journal_path).st_ino
+        self._journal_offset = 0
+
+    # ---------------------------------------------------------------- blob reclamation
+
+    def _pack_usage(self) -> tuple:
+        """(pack -> size, pack -> live bytes, pack -> live refs) (caller holds _mu)."""
+        sizes = self.blobs.sizes()
+        live = dict.fromkeys(sizes, 0)
+        refs = {}
+        for holder, key in self.state.blob_holders():
+            ref = holder[key]
+            pack, _offset, length = ref.split(":")
+            live[pack] = live.get(pack, 0) + int(length)
+            refs.setdefault(pack, set()).add(ref)
+        return sizes, live, refs
+
+    def reclaim_blobs(self, min_dead_bytes: int = RECLAIM_MIN_DEAD_BYTES, always_compact: bool = False) -> dict:
+        """Give back the disk space of deleted messages' bodies, raw copies and attachments.
+
+        A pack mostly (≥ half, ≥ `min_dead_bytes`) made of dead blobs has its live blobs
+        copied to a new pack; the refs are rewritten and made durable by a fresh snapshot.
+        The emptied pack is removed only by the next pass, so a reader in this or another
+        process still holding an old ref can read it meanwhile; a pack that nothing points
+        at when a pass starts (emptied by the last pass, or orphaned by a crash during
+        one) is removed then. The newest pack, where appends go, is never removed.
+        """
+        with safeio.flocked(self.lock_path, exclusive=True):
+            with self._mu:
+                self._catch_up(truncate_torn=True)
+                sizes, live, refs = self._pack_usage()
+                unused, mostly_dead = _reclaimable(sizes, live, min_dead_bytes)
+                if mostly_dead:
+                    moved = self.blobs.copy_to_new_pack(sorted(r for p in mostly_dead for r in refs[p]))
+                    for holder, key in self.state.blob_holders():
+                        holder[key] = moved.get(holder[key], holder[key])
+                if mostly_dead or always_compact:
+                    self._snapshot_and_reset_journal()
+                for pack in unused:
+                    self.blobs.remove(pack)
+        freed = sum(sizes[p] for p in unused)
+        if unused or mostly_dead:
+            log("store", f"blob packs: {len(mostly_dead)} rewritten, {len(unused)} removed ({freed} bytes freed)")
+        return {"rewritten": mostly_dead, "removed": unused, "bytes_freed": freed}
+
+    def maybe_reclaim(self) -> bool:
+        """The sweeper's hourly look at the packs: reclaim when there is something to."""
+        now = time.monotonic()
+        if now - self._last_reclaim_check < RECLAIM_INTERVAL_SECONDS:
+            return False
+        self._last_reclaim_check = now
+        with self.reading():
+            sizes, live, _refs = self._pack_usage()
+        if any(_reclaimable(sizes, live, RECLAIM_MIN_DEAD_BYTES)):
+            self.reclaim_blobs()
+            return True
+        return False
 
     def maybe_compact(self) -> bool:
         try:
