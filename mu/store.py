@@ -433,7 +433,8 @@ class Store:
             refs.setdefault(pack, set()).add(ref)
         return sizes, live, refs
 
-    def reclaim_blobs(self, min_dead_bytes: int = RECLAIM_MIN_DEAD_BYTES, always_compact: bool = False) -> dict:
+    def reclaim_blobs(self, min_dead_bytes: int = RECLAIM_MIN_DEAD_BYTES, always_compact: bool = False,
+                      max_packs: int = None) -> dict:
         """Give back the disk space of deleted messages' bodies, raw copies and attachments.
 
         A pack mostly (≥ half, ≥ `min_dead_bytes`) made of dead blobs has its live blobs
@@ -442,12 +443,15 @@ class Store:
         process still holding an old ref can read it meanwhile; a pack that nothing points
         at when a pass starts (emptied by the last pass, or orphaned by a crash during
         one) is removed then. The newest pack, where appends go, is never removed.
+        Writes wait while live blobs are copied, so a pass can be held to the `max_packs`
+        deadest packs (each under half a pack, some 128 MiB, to copy).
         """
         with safeio.flocked(self.lock_path, exclusive=True):
             with self._mu:
                 self._catch_up(truncate_torn=True)
                 sizes, live, refs = self._pack_usage()
                 unused, mostly_dead = _reclaimable(sizes, live, min_dead_bytes)
+                mostly_dead = sorted(mostly_dead, key=lambda p: live[p] - sizes[p])[:max_packs]
                 if mostly_dead:
                     moved = self.blobs.copy_to_new_pack(sorted(r for p in mostly_dead for r in refs[p]))
                     for holder, key in self.state.blob_holders():
@@ -470,7 +474,7 @@ class Store:
         with self.reading():
             sizes, live, _refs = self._pack_usage()
         if any(_reclaimable(sizes, live, RECLAIM_MIN_DEAD_BYTES)):
-            self.reclaim_blobs()
+            self.reclaim_blobs(max_packs=1)
             return True
         return False
 
