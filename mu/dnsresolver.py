@@ -46,6 +46,18 @@ class Resolver:
         self._resolver.timeout = min(timeout_seconds, 2.0)
         self._cache = {}
         self._lock = threading.Lock()
+        self._watch = threading.local()
+
+    def watch_expiry(self) -> "_ExpiryWatch":
+        """`with resolver.watch_expiry() as w:` ... `w.expires`: the monotonic time at which
+        the first cached answer used inside the block expires. A result computed only from
+        those answers stays what a fresh computation would give until then."""
+        return _ExpiryWatch(self._watch)
+
+    def _used(self, expires: float) -> None:
+        watch = getattr(self._watch, "current", None)
+        if watch is not None and expires < watch.expires:
+            watch.expires = expires
 
     def query(self, name: str, rdtype: str) -> list:
         """The answer's rdata list ([] when the name has no such records).
@@ -57,6 +69,7 @@ class Resolver:
         with self._lock:
             hit = self._cache.get(key)
         if hit and hit[0] > now:
+            self._used(hit[0])
             if isinstance(hit[1], Exception):
                 raise hit[1]
             return hit[1]
@@ -74,6 +87,7 @@ class Resolver:
             if len(self._cache) > CACHE_MAX_ENTRIES:
                 self._cache.clear()
             self._cache[key] = (now + ttl, result)
+        self._used(now + ttl)
         if isinstance(result, Exception):
             raise result
         return result
@@ -100,3 +114,19 @@ class Resolver:
             except NXDomain:
                 return found
         return found
+
+
+class _ExpiryWatch:
+    def __init__(self, local):
+        self._local = local
+        self.expires = float("inf")
+
+    def __enter__(self):
+        self._outer = getattr(self._local, "current", None)
+        self._local.current = self
+        return self
+
+    def __exit__(self, *exc):
+        self._local.current = self._outer
+        if self._outer is not None and self.expires < self._outer.expires:
+            self._outer.expires = self.expires

@@ -6,7 +6,7 @@ import subprocess
 import dkim
 import pytest
 
-from conftest import unique
+from conftest import unique, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,17 @@ def test_dmarc_passes_on_aligned_spf_alone(mu, dns, rcpt):
     dns.add("_dmarc." + domain, "TXT", "v=DMARC1; p=none")
     msg, _ = deliver(mu, rcpt, f"a@{domain}", f"From: a@{domain}\r\nSubject: x\r\n\r\ny\r\n".encode())
     assert msg["auth"]["spf"] == "pass" and msg["auth"]["dmarc"] == "pass"
+
+
+def test_spf_result_follows_a_changed_record_once_its_ttl_ends(mu, dns, rcpt):
+    """Repeated senders reuse an SPF result only while the DNS answers behind it are
+    cached (the fake DNS serves a 1-second TTL)."""
+    domain = unique("spfttl") + ".example"
+    dns.add(domain, "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    data = f"From: a@{domain}\r\nSubject: ttl\r\n\r\nx\r\n".encode()
+    assert deliver(mu, rcpt, f"a@{domain}", data)[0]["auth"]["spf"] == "pass"
+    assert deliver(mu, rcpt, f"a@{domain}", data)[0]["auth"]["spf"] == "pass"
+    dns.records[(domain + ".", "TXT")] = []
+    dns.add(domain, "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    wait_for(lambda: deliver(mu, rcpt, f"a@{domain}", data)[0]["auth"]["spf"] == "fail", timeout=10,
+             message="the new SPF record to be used")

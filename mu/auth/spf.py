@@ -1,10 +1,19 @@
 """SPF checks with pyspf (full RFC 7208), its DNS routed through mu's resolver."""
 
+import threading
+import time
+
 import spf
 
 from ..dnsresolver import DNSTempError, NXDomain
 
 _resolver = None
+# (ip, sender, helo) -> (expires, (result, explanation)). A result is reused only until the
+# first DNS answer it was computed from leaves the resolver's cache, so it is always what a
+# fresh evaluation would give; a burst of mail from one sender costs one evaluation.
+_results = {}
+_results_lock = threading.Lock()
+RESULT_CACHE_MAX_ENTRIES = 10000
 
 
 def _lookup(name, qtype, strict=True, timeout=None):
@@ -34,13 +43,29 @@ def use_resolver(resolver) -> None:
     global _resolver
     _resolver = resolver
     spf.DNSLookup = _lookup
+    with _results_lock:
+        _results.clear()
 
 
 def check(ip: str, mail_from: str, helo: str, timeout: float = 20) -> tuple:
     """(result, explanation): result is pass, fail, softfail, neutral, none, temperror or permerror."""
+    key = (ip, mail_from, helo)
+    now = time.monotonic()
+    with _results_lock:
+        hit = _results.get(key)
+    if hit and hit[0] > now:
+        return hit[1]
     try:
-        result, explanation = spf.check2(i=ip, s=mail_from or f"postmaster@{helo}", h=helo or "unknown",
-                                         timeout=timeout, querytime=timeout)
+        with _resolver.watch_expiry() as watch:
+            outcome = spf.check2(i=ip, s=mail_from or f"postmaster@{helo}", h=helo or "unknown",
+                                 timeout=timeout, querytime=timeout)
     except Exception as exc:  # pyspf raises on some malformed input; treat as permerror
         return "permerror", str(exc)
-    return result, explanation
+    # Only results read wholly from cached answers are kept (an evaluation that used no
+    # DNS at all, or ran out of time, is not).
+    if watch.expires != float("inf") and outcome[0] != "temperror":
+        with _results_lock:
+            if len(_results) >= RESULT_CACHE_MAX_ENTRIES:
+                _results.clear()
+            _results[key] = (watch.expires, outcome)
+    return outcome
