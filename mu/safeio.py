@@ -20,6 +20,12 @@ def ensure_dir(path: str) -> str:
     return path
 
 
+def sync_appended(fd: int) -> None:
+    """Make bytes appended to `fd` durable. fdatasync suffices: it also flushes the file
+    size a reader needs to find them (fdatasync(2)), and skips the timestamps fsync adds."""
+    (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
+
+
 def fsync_dir(path: str) -> None:
     """Make a create/rename inside `path` durable (POSIX leaves it to the folder's fsync)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -110,7 +110,7 @@ class BlobPacks:
             view = memoryview(b"".join(lines))
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            safeio.sync_appended(fd)
         except OSError:
             os.close(fd)
             self._fd = None
@@ -387,7 +387,7 @@ class Store:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            safeio.sync_appended(fd)
         except OSError:
             os.ftruncate(fd, self._journal_offset)
             raise

@@ -201,3 +201,11 @@ def test_plain_mailbox_shapes_take_the_fast_path():
         assert mime._plain_mailbox([value]) == email.utils.getaddresses([value]), value
     for value in ["a@b.example, c@d.example", "Alice <a@b.example> (comment)", "John Q. Public <j@example.org>"]:
         assert mime._plain_mailbox([value]) is None, value
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(["a", "bc", " ", "\n", "\t\t", "word ", "  " * 300, "x" * 250, "é"]), max_size=60))
+def test_snippet_is_the_start_of_the_whitespace_normalised_text(pieces):
+    from mu.mailbox import SNIPPET_CHARS, snippet
+    text = "".join(pieces)
+    assert snippet(text) == " ".join(text.split())[:SNIPPET_CHARS]
