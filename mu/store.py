@@ -9,8 +9,8 @@ On disk, under MU_HOME:
                    rewritten without deleted messages' blobs (`reclaim_blobs`)
     .lock          flock(2) target shared by the server and the CLI (holds "{}")
 
-A commit appends its blobs to the current pack (fsync), then its records to the
-journal (fsync), so a record never points at bytes that are not on disk. Loading
+A commit appends its blobs to the current pack (fdatasync), then its records to the
+journal (fdatasync), so a record never points at bytes that are not on disk. Loading
 reads the snapshot and replays journal records with a higher seq; a torn last line
 (a crash mid-append) was never acknowledged and is dropped. Compaction writes a new
 snapshot atomically and then replaces the journal; a crash between the two steps is
