@@ -285,15 +285,22 @@ class Mailbox:
             raise MessageNotFound()
         return msg
 
-    def list(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None) -> tuple:
+    def list(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None,
+             with_body: bool = False) -> tuple:
+        """(newest-first page of message views, unread count of the whole folder)."""
         if folder not in ("inbox", "sent"):
             raise MailError("folder must be inbox or sent")
         limit = max(1, min(int(limit), MAX_PAGE))
         with self.store.reading() as state:
             ids = state.folders.get((user, folder), [])
             end = bisect.bisect_left(ids, before) if before else len(ids)
-            page = [self.view(state.messages[i], user, with_body=False) for i in reversed(ids[max(0, end - limit):end])]
-            return page, state.unread.get((user, folder), 0)
+            msgs = [state.messages[i] for i in reversed(ids[max(0, end - limit):end])]
+            page = [self.view(m, user, with_body=False) for m in msgs]
+            unread = state.unread.get((user, folder), 0)
+        if with_body:   # a long body is a blob read: outside the lock (bodies never change)
+            for view, msg in zip(page, msgs):
+                view["body"] = self.body_text(msg)
+        return page, unread
 
     def conversations(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None) -> list:
         """The folder grouped by thread, newest thread first: each entry is the thread's newest
@@ -351,7 +358,7 @@ class Mailbox:
             return [{"op": "box.del", "id": msg_id, "user": user}], None
         self.store.commit(build)
 
-    def search(self, user: str, query: str, limit: int = DEFAULT_PAGE) -> list:
+    def search(self, user: str, query: str, limit: int = DEFAULT_PAGE, with_body: bool = False) -> list:
         needle = (query or "").strip().lower()
         if not needle:
             return []
@@ -363,8 +370,11 @@ class Mailbox:
         for msg in candidates:
             hay = " ".join([msg.get("subject", ""), msg.get("from", ""), msg.get("from_name", ""),
                             msg.get("from_addr", "") or "", " ".join(msg.get("to", []))]).lower()
-            if needle in hay or needle in self.body_text(msg).lower():
+            body = self.body_text(msg)
+            if needle in hay or needle in body.lower():
                 results.append(self.view(msg, user, with_body=False))
+                if with_body:
+                    results[-1]["body"] = body
                 if len(results) >= limit:
                     break
         return results

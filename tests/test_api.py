@@ -17,6 +17,7 @@ def test_direct_message_round_trip(mu, pair):
     inbox = mu.inbox(tb)
     msg = inbox["messages"][0]
     assert msg["id"] == sent["id"] and msg["read"] is False and inbox["unread"] >= 1
+    assert msg["body"] == "Hi Bob"   # list entries are whole message objects
     assert mu.inbox(ta, folder="sent")["messages"][0]["id"] == sent["id"]
     got = mu.http("GET", f"/api/mail/{sent['id']}", tb).json()
     assert got["body"] == "Hi Bob" and got["read"] is True
@@ -73,6 +74,15 @@ def test_search(mu, pair):
     mu.send(ta, b, subject="quarterly numbers", body="the zebra report")
     found = mu.http("GET", "/api/mail?folder=inbox&q=zebra", tb).json()["messages"]
     assert [m["subject"] for m in found] == ["quarterly numbers"]
+    assert found[0]["body"] == "the zebra report"
+
+
+def test_list_entries_carry_long_bodies_too(mu, pair):
+    (a, ta), (b, tb) = pair
+    long_body = "line of a long letter\n" * 300   # stored as a blob, not inline
+    sent = mu.send(ta, b, subject="long", body=long_body)
+    listed = next(m for m in mu.inbox(tb)["messages"] if m["id"] == sent["id"])
+    assert listed["body"] == long_body and listed["read"] is False
 
 
 def test_raw_internal_message_is_rfc5322(mu, pair):

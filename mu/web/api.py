@@ -59,11 +59,11 @@ def install(web, app):
         q = request.query.getunicode("q", "")
         try:
             if q:
-                messages = mailbox.search(user["name"], q, limit=limit)
+                messages = mailbox.search(user["name"], q, limit=limit, with_body=True)
                 _, unread = mailbox.list(user["name"], folder, limit=1)
             else:
                 messages, unread = mailbox.list(user["name"], folder, limit=limit,
-                                                before=request.query.get("before") or None)
+                                                before=request.query.get("before") or None, with_body=True)
         except MailError as exc:
             mail_error(exc)
         return _out({"messages": messages, "unread": unread})
