@@ -370,13 +370,16 @@ class Mailbox:
         for msg in candidates:
             hay = " ".join([msg.get("subject", ""), msg.get("from", ""), msg.get("from_name", ""),
                             msg.get("from_addr", "") or "", " ".join(msg.get("to", []))]).lower()
-            body = self.body_text(msg)
-            if needle in hay or needle in body.lower():
-                results.append(self.view(msg, user, with_body=False))
-                if with_body:
-                    results[-1]["body"] = body
-                if len(results) >= limit:
-                    break
+            body = None   # a long body is a blob read: only when the headers do not match
+            if needle not in hay:
+                body = self.body_text(msg)
+                if needle not in body.lower():
+                    continue
+            results.append(self.view(msg, user, with_body=False))
+            if with_body:
+                results[-1]["body"] = body if body is not None else self.body_text(msg)
+            if len(results) >= limit:
+                break
         return results
 
     def body_text(self, msg: dict) -> str:

@@ -79,7 +79,7 @@ class BlobPacks:
         if newest and os.path.getsize(os.path.join(self.folder, newest)) < PACK_ROTATE_BYTES:
             name = newest
         else:
-            name = f"{(int(newest.split('.')[0]) + 1) if newest else 1:06d}{PACK_SUFFIX}"
+            name = self._name_after(newest)
         fd = safeio.open_append(os.path.join(self.folder, name))
         if not newest or name != newest:
             safeio.fsync_dir(self.folder)
@@ -88,13 +88,18 @@ class BlobPacks:
             # A crash mid-append left a partial line no record points at: cut it off.
             # (Only an opening can find one: this process always appends whole lines.)
             with open(os.path.join(self.folder, name), "rb") as f:
-                os.ftruncate(fd, f.read().rfind(b"\n") + 1)
+                size = f.read().rfind(b"\n") + 1
+            os.ftruncate(fd, size)
         self._fd, self._name = fd, name
-        return fd, os.fstat(fd).st_size
+        return fd, size
 
     def _newest(self):
         packs = sorted(n for n in os.listdir(self.folder) if n.endswith(PACK_SUFFIX))
         return packs[-1] if packs else None
+
+    @staticmethod
+    def _name_after(newest) -> str:
+        return f"{(int(newest.split('.')[0]) + 1) if newest else 1:06d}{PACK_SUFFIX}"
 
     def append(self, blobs) -> list:
         """Write every blob durably (caller holds the store's flock); return their refs."""
@@ -107,9 +112,7 @@ class BlobPacks:
             for line in lines:
                 refs.append(f"{self._name[:6]}:{offset}:{len(line)}")
                 offset += len(line)
-            view = memoryview(b"".join(lines))
-            while view:
-                view = view[os.write(fd, view):]
+            safeio.write_all(fd, b"".join(lines))
             safeio.sync_appended(fd)
         except OSError:
             os.close(fd)
@@ -125,23 +128,23 @@ class BlobPacks:
     def copy_to_new_pack(self, refs) -> dict:
         """Copy the blobs `refs` name, line for line, into a pack of their own (fsynced);
         return old ref -> new ref. Appends then go on in the newest pack, as ever."""
-        newest = self._newest()
-        name = f"{(int(newest.split('.')[0]) + 1) if newest else 1:06d}{PACK_SUFFIX}"
+        name = self._name_after(self._newest())
         fd = safeio.open_append(os.path.join(self.folder, name))
+        sources = {}   # pack -> descriptor, each opened once
         moved, offset = {}, 0
         try:
             for ref in refs:
                 pack, start, length = ref.split(":")
-                with open(os.path.join(self.folder, pack + PACK_SUFFIX), "rb") as f:
-                    f.seek(int(start))
-                    line = f.read(int(length))
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view):]
+                if pack not in sources:
+                    sources[pack] = os.open(os.path.join(self.folder, pack + PACK_SUFFIX), os.O_RDONLY)
+                line = os.pread(sources[pack], int(length), int(start))
+                safeio.write_all(fd, line)
                 moved[ref] = f"{name[:6]}:{offset}:{len(line)}"
                 offset += len(line)
             os.fsync(fd)
         finally:
+            for source in sources.values():
+                os.close(source)
             os.close(fd)
         safeio.fsync_dir(self.folder)
         self.forget_current()   # the cached pack is no longer the newest
@@ -384,9 +387,7 @@ class Store:
             if self._journal_fd_ino != self._journal_ino:
                 raise StoreError("journal replaced during a write")
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            safeio.write_all(fd, data)
             safeio.sync_appended(fd)
         except OSError:
             os.ftruncate(fd, self._journal_offset)
