@@ -173,11 +173,12 @@ class BlobPacks:
 
 
 def _reclaimable(sizes: dict, live: dict, min_dead_bytes: int) -> tuple:
-    """(packs nothing points at, other than the newest; packs mostly dead)."""
+    """(packs nothing points at, other than the newest; packs mostly dead, the newest
+    included: rewriting it, even with nothing left to copy, starts a new newest pack)."""
     newest = max(sizes) if sizes else None
     unused = [p for p in sizes if not live.get(p) and p != newest]
-    mostly_dead = [p for p in sizes if live.get(p)
-                   and sizes[p] - live[p] >= max(min_dead_bytes, sizes[p] / 2)]
+    mostly_dead = [p for p in sizes if p not in unused and sizes[p] > live.get(p, 0)
+                   and sizes[p] - live.get(p, 0) >= max(min_dead_bytes, sizes[p] / 2)]
     return unused, mostly_dead
 
 
@@ -452,9 +453,9 @@ class Store:
                 self._catch_up(truncate_torn=True)
                 sizes, live, refs = self._pack_usage()
                 unused, mostly_dead = _reclaimable(sizes, live, min_dead_bytes)
-                mostly_dead = sorted(mostly_dead, key=lambda p: live[p] - sizes[p])[:max_packs]
+                mostly_dead = sorted(mostly_dead, key=lambda p: live.get(p, 0) - sizes[p])[:max_packs]
                 if mostly_dead:
-                    moved = self.blobs.copy_to_new_pack(sorted(r for p in mostly_dead for r in refs[p]))
+                    moved = self.blobs.copy_to_new_pack(sorted(r for p in mostly_dead for r in refs.get(p, ())))
                     for holder, key in self.state.blob_holders():
                         holder[key] = moved.get(holder[key], holder[key])
                 if mostly_dead or always_compact:

@@ -223,6 +223,18 @@ def test_reclaim_gives_back_deleted_messages_space_and_keeps_the_rest(tmp_path):
     assert s.reclaim_blobs(min_dead_bytes=0) == {"rewritten": [], "removed": [], "bytes_freed": 0}
 
 
+def test_deleting_everything_gives_the_space_back_too(tmp_path):
+    s = Store(str(tmp_path))
+    for mid in [add_message(s, i) for i in range(5)]:
+        delete_message(s, mid)
+    assert s.reclaim_blobs(min_dead_bytes=0)["rewritten"] == ["000001"]   # a new newest pack
+    assert s.reclaim_blobs(min_dead_bytes=0)["removed"] == ["000001"]
+    assert s.reclaim_blobs(min_dead_bytes=0) == {"rewritten": [], "removed": [], "bytes_freed": 0}
+    assert sum(packs(str(tmp_path)).values()) == 0
+    mid = add_message(s, 7)
+    assert raw_of(Store(str(tmp_path)), mid)[:20] == mid.encode()
+
+
 def test_reclaim_leaves_a_pack_that_is_mostly_alive(tmp_path):
     s = Store(str(tmp_path))
     ids = [add_message(s, i) for i in range(10)]
