@@ -3,8 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ADDRESS ?= :8080
-# Debian packages the tests drive mu with (swaks, Postfix's smtp-source/smtp-sink, Chromium).
-TEST_DEBS := swaks postfix chromium openssl
+# Debian packages the tests drive mu with: swaks; Postfix (smtp-source/smtp-sink, and private
+# instances as a remote MX and as a relay into mu); OpenDKIM checking mu's signatures; Chromium;
+# real-world messages (CPython's email tests, SpamAssassin's samples, enmime's test mail).
+# Each is named by a file it installs, so a machine that has it installs nothing.
+TEST_DEBS := \
+	swaks:/usr/bin/swaks \
+	postfix:/usr/sbin/smtp-source \
+	chromium:/usr/bin/chromium \
+	openssl:/usr/bin/openssl \
+	opendkim:/usr/sbin/opendkim \
+	opendkim-tools:/usr/sbin/opendkim-testkey \
+	libpython3.11-testsuite:/usr/lib/python3.11/test/test_email/data/msg_01.txt \
+	spamassassin:/usr/share/doc/spamassassin/examples/sample-spam.txt \
+	golang-github-jhillyerd-enmime-dev:/usr/share/gocode/src/github.com/jhillyerd/enmime/testdata \
+	libunbound8:/usr/lib/x86_64-linux-gnu/libunbound.so.8
 
 .PHONY: run test bench lint fuzz dist install system-packages clean
 
@@ -19,10 +32,9 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 
 system-packages:
 	@missing=""; \
-	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
-	[ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
-	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
-	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	for pair in $(TEST_DEBS); do \
+	  [ -e "$${pair#*:}" ] || missing="$$missing $${pair%%:*}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
