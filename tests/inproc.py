@@ -1,0 +1,124 @@
+"""The in-process tier: mu's components built in this test process, with no sockets.
+
+For the many small cases that need no real server process: the web app is a plain WSGI
+callable, so requests go straight to it (`Web`), and the store, accounts and mailbox are
+the real ones on a temporary MU_HOME. Anything that needs a listening socket, a signal or
+a second process belongs to the live-server tier (conftest.Mu).
+
+    def test_something(tmp_path):
+        site = InProcess(tmp_path)
+        alice = site.add_user("alice", credits=10)
+        resp = site.web.request("GET", "/api/me", token=site.token("alice"))
+"""
+
+import io
+import json
+import os
+import sys
+import urllib.parse
+from http.cookies import SimpleCookie
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from mu import config as config_mod  # noqa: E402
+
+
+class WebResponse:
+    def __init__(self, status: str, headers: list, body: bytes):
+        self.status = int(status.split()[0])
+        self.status_line = status
+        self.header_list = headers
+        self.headers = {k.lower(): v for k, v in headers}
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+    def cookies(self) -> dict:
+        jar = SimpleCookie()
+        for k, v in self.header_list:
+            if k.lower() == "set-cookie":
+                jar.load(v)
+        return {name: morsel for name, morsel in jar.items()}
+
+
+class Web:
+    """Calls a WSGI app directly; keeps cookies between requests like a browser would."""
+
+    def __init__(self, wsgi, remote_addr: str = "127.0.0.1"):
+        self.wsgi = wsgi
+        self.remote_addr = remote_addr
+        self.cookies = {}
+
+    def request(self, method: str, path: str, *, token: str = None, json_body=None, form: dict = None,
+                body: bytes = b"", headers: dict = None, remote_addr: str = None) -> WebResponse:
+        headers = dict(headers or {})
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif form is not None:
+            body = urllib.parse.urlencode(form).encode()
+            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if self.cookies:
+            headers.setdefault("Cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        path_part, _, query = path.partition("?")
+        environ = {
+            "REQUEST_METHOD": method, "PATH_INFO": urllib.parse.unquote(path_part), "QUERY_STRING": query,
+            "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": remote_addr or self.remote_addr, "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "CONTENT_LENGTH": str(len(body)),
+        }
+        for name, value in headers.items():
+            key = name.upper().replace("-", "_")
+            if key == "CONTENT_TYPE":
+                environ["CONTENT_TYPE"] = value
+            elif key != "CONTENT_LENGTH":
+                environ["HTTP_" + key] = value
+        captured = {}
+
+        def start_response(status, response_headers, exc_info=None):
+            captured["status"], captured["headers"] = status, response_headers
+
+        chunks = self.wsgi(environ, start_response)
+        try:
+            data = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        resp = WebResponse(captured["status"], captured["headers"], data)
+        for name, morsel in resp.cookies().items():
+            if morsel.value and morsel["max-age"] != "0" and "1970" not in (morsel["expires"] or ""):
+                self.cookies[name] = morsel.value
+            else:
+                self.cookies.pop(name, None)
+        return resp
+
+
+class InProcess:
+    """An mu App on a temporary MU_HOME, with its web app reachable through `self.web`."""
+
+    def __init__(self, tmp_path, **env):
+        environ = {"MU_HOME": str(tmp_path / "home"), "MAIL_DOMAIN": "mu.test"}
+        environ.update(env)
+        self.config = config_mod.load(environ)
+        from mu.app import App
+        from mu.web import make_web_app
+        self.app = App(self.config)
+        self.web = Web(make_web_app(self.app))
+
+    def add_user(self, name: str, password: str = "password1", admin: bool = False, credits: int = 0) -> str:
+        self.app.accounts.create(name, password, admin=admin, credits=credits, min_password_chars=1)
+        return name
+
+    def token(self, name: str) -> str:
+        return self.app.accounts.issue_token(name)
