@@ -40,6 +40,9 @@ class RemoteSession:
     def __init__(self, host: str, address: str, port: int, helo_name: str, timeout: float):
         self.host = host
         self.smtp = smtplib.SMTP(timeout=timeout, local_hostname=helo_name)
+        # starttls() takes the TLS server name (SNI) from the host given to the constructor;
+        # connect() to the resolved address leaves it empty, and ssl refuses an empty name.
+        self.smtp._host = host
         code, msg = self.smtp.connect(address, port)
         if code != 220:
             self.close()
