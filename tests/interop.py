@@ -106,6 +106,9 @@ class PeerFolder:
                 self.resolv_conf, *argv]
 
     def remove(self):
+        if os.environ.get("MU_INTEROP_KEEP"):   # keep the peers' logs and mail to look at
+            print(f"interop peers' folder kept: {self.path}")
+            return
         shutil.rmtree(self.path, ignore_errors=True)
 
 
