@@ -63,6 +63,10 @@ class RemoteSession:
         options = ["BODY=8BITMIME"] if self.smtp.has_extn("8bitmime") else []
         if self.smtp.has_extn("size"):
             options.append(f"SIZE={len(message)}")
+        if not (sender.isascii() and all(r.isascii() for r in recipients)):
+            # RFC 6531 §3.4: a UTF-8 address travels only in an SMTPUTF8 transaction; with the
+            # parameter smtplib sends the commands as UTF-8 (and refuses if it is not offered).
+            options.append("SMTPUTF8")
         code, msg = self.smtp.mail(sender, options)
         if code != 250:
             self._rset()
