@@ -201,11 +201,11 @@ class Postfix:
     # -- lifetime
     def start(self) -> "Postfix":
         self._write_config()
+        self.started = True   # from here on stop() has something to stop, whatever happens
         result = subprocess.run(self.folder.isolated(["postfix", "-c", self.config_dir, "start"]),
                                 capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
             raise RuntimeError(f"postfix {self.name} did not start: {result.stderr}{self.log()}")
-        self.started = True
         poll(lambda: listening(self.port), 20, f"postfix {self.name} to listen on {self.port}")
         return self
 
