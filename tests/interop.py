@@ -17,6 +17,7 @@ forwards every query to the FakeDNS port. Nothing here sends a packet off loopba
 Fixtures register stop() before start(), so a peer is stopped however the test ends.
 """
 
+import functools
 import os
 import re
 import shutil
@@ -109,15 +110,18 @@ class PeerFolder:
         runs as it is: the peers' own settings already keep them off DNS but the fake one."""
         wrapped = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
                    self.resolv_conf]
-        if not hasattr(PeerFolder, "_namespaces"):
-            PeerFolder._namespaces = subprocess.run(wrapped + ["true"], capture_output=True).returncode == 0
-        return wrapped + argv if PeerFolder._namespaces else argv
+        return wrapped + argv if _namespaces_allowed(tuple(wrapped)) else argv
 
     def remove(self):
         if os.environ.get("MU_INTEROP_KEEP"):   # keep the peers' logs and mail to look at
             print(f"interop peers' folder kept: {self.path}")
             return
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _namespaces_allowed(wrapper: tuple) -> bool:
+    return subprocess.run([*wrapper, "true"], capture_output=True).returncode == 0
 
 
 def self_signed_certificate(folder: str, name: str) -> tuple:
