@@ -6,6 +6,8 @@ ADDRESS ?= :8080
 # Debian packages the tests drive mu with: swaks; Postfix (smtp-source/smtp-sink, and private
 # instances as a remote MX and as a relay into mu); OpenDKIM checking mu's signatures; Chromium;
 # real-world messages (CPython's email tests, SpamAssassin's samples, enmime's test mail).
+# The interop tier (tests/interop.py) also needs openssl for its certificates, libunbound for
+# OpenDKIM's resolver, and unshare/mount for the peers' loopback-only resolv.conf.
 # Each is named by a file it installs, so a machine that has it installs nothing.
 TEST_DEBS := \
 	swaks:/usr/bin/swaks \
@@ -17,7 +19,9 @@ TEST_DEBS := \
 	libpython3.11-testsuite:/usr/lib/python3.11/test/test_email/data/msg_01.txt \
 	spamassassin:/usr/share/doc/spamassassin/examples/sample-spam.txt \
 	golang-github-jhillyerd-enmime-dev:/usr/share/gocode/src/github.com/jhillyerd/enmime/testdata \
-	libunbound8:/usr/lib/x86_64-linux-gnu/libunbound.so.8
+	libunbound8:/usr/lib/x86_64-linux-gnu/libunbound.so.8 \
+	util-linux:/usr/bin/unshare \
+	mount:/bin/mount
 
 .PHONY: run test bench lint fuzz dist install system-packages clean
 

@@ -6,7 +6,8 @@ import re
 MAX_LOCAL_OCTETS = 64
 MAX_DOMAIN_OCTETS = 255
 
-_ATOM_CHARS = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+# RFC 5322 §3.2.3 atext; the hyphen escaped, or it makes a range with what follows it below.
+_ATOM_CHARS = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
 _DOT_ATOM = re.compile(rf"^[{_ATOM_CHARS}\u0080-\U0010ffff]+(\.[{_ATOM_CHARS}\u0080-\U0010ffff]+)*$")
 _QUOTED = re.compile(r'^"([\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"$')
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")

@@ -13,6 +13,9 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 
 POLICY = email.policy.SMTP.clone(max_line_length=78)
+# RFC 6532 §3.2: a message to or from a UTF-8 address carries that address as UTF-8 (it can
+# only travel by SMTPUTF8 anyway); encoded words are not allowed in an addr-spec (RFC 2047 §5).
+UTF8_POLICY = POLICY.clone(utf8=True)
 
 
 def clean_header_text(text: str) -> str:
@@ -36,7 +39,8 @@ def build(*, from_name: str, from_addr: str, to: list, subject: str, body: str, 
           date: float, in_reply_to: str = None, references: list = (), attachments=(),
           cc: list = ()) -> bytes:
     """The message as bytes with CRLF line ends; `attachments` are (name, type, bytes)."""
-    msg = EmailMessage(policy=POLICY)
+    policy = POLICY if all(a.isascii() for a in (from_addr, *to, *cc)) else UTF8_POLICY
+    msg = EmailMessage(policy=policy)
     msg["From"] = format_address(from_name, from_addr)
     msg["To"] = ", ".join(to)
     if cc:
@@ -57,4 +61,4 @@ def build(*, from_name: str, from_addr: str, to: list, subject: str, body: str, 
                            filename=clean_header_text(name) or "attachment")
     del msg["MIME-Version"]
     msg["MIME-Version"] = "1.0"
-    return msg.as_bytes(policy=POLICY)
+    return msg.as_bytes(policy=policy)

@@ -40,6 +40,9 @@ class RemoteSession:
     def __init__(self, host: str, address: str, port: int, helo_name: str, timeout: float):
         self.host = host
         self.smtp = smtplib.SMTP(timeout=timeout, local_hostname=helo_name)
+        # starttls() takes the TLS server name (SNI) from the host given to the constructor;
+        # connect() to the resolved address leaves it empty, and ssl refuses an empty name.
+        self.smtp._host = host
         code, msg = self.smtp.connect(address, port)
         if code != 220:
             self.close()
@@ -60,6 +63,10 @@ class RemoteSession:
         options = ["BODY=8BITMIME"] if self.smtp.has_extn("8bitmime") else []
         if self.smtp.has_extn("size"):
             options.append(f"SIZE={len(message)}")
+        if not (sender.isascii() and all(r.isascii() for r in recipients)):
+            # RFC 6531 §3.4: a UTF-8 address travels only in an SMTPUTF8 transaction; with the
+            # parameter smtplib sends the commands as UTF-8 (and refuses if it is not offered).
+            options.append("SMTPUTF8")
         code, msg = self.smtp.mail(sender, options)
         if code != 250:
             self._rset()
