@@ -1,6 +1,7 @@
 """DKIM: verifying received signatures and signing outbound mail, with dkimpy."""
 
 import logging
+import re
 
 import dkim
 
@@ -20,6 +21,11 @@ logging.getLogger("dkim").setLevel(logging.CRITICAL)
 MAX_SIGNATURES = 5
 
 
+# SELECTOR._domainkey.DOMAIN: labels of letters, digits, hyphens (and the underscore of
+# _domainkey), at most 63 octets each, 253 in all.
+_KEY_NAME = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{1,63}\Z")
+
+
 class _KeyLookup:
     """dkimpy's dnsfunc, through mu's resolver, remembering what went wrong: dkimpy itself
     answers False both for a key that does not exist and for one DNS could not fetch."""
@@ -33,6 +39,9 @@ class _KeyLookup:
     def __call__(self, name, timeout=5):
         self.asked = True
         qname = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+        if not _KEY_NAME.match(qname.rstrip(".")):   # RFC 6376 §3.1, §3.5: s= and d= are domain names
+            self.unusable = True
+            return None
         try:
             records = self.resolver.txt(qname.rstrip("."))
         except DNSTempError:

@@ -112,6 +112,7 @@ class ReceivePolicy:
             parsed = {"subject": "", "from_name": "", "from_addr": envelope.mail_from or "", "to": [],
                       "cc": [], "message_id": "", "in_reply_to": "", "references": [],
                       "text": data.decode("utf-8", "replace"), "html": "", "attachments": []}
+        parsed = _storable(parsed)
         if not parsed["from_addr"]:
             parsed["from_addr"] = envelope.mail_from or ""
         if not parsed["to"] and not parsed["cc"]:   # no To/Cc header: show the envelope recipients
@@ -186,6 +187,21 @@ class ReceivePolicy:
         auth_results = (f"Authentication-Results: {host};\r\n\tspf={spf_result} {spf_identity};"
                         f"\r\n\t{dkim_part};\r\n\t{dmarc_part}\r\n")
         return (received + received_spf + auth_results).encode("utf-8")
+
+
+def _storable(value):
+    """`value` (the parsed message: dicts, lists, strings) with no lone surrogates left in
+    its text: the email package gives undecodable header bytes back as surrogate escapes,
+    which no JSON store can write, and one odd byte must not make a message unstorable."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_storable(v) for v in value)
+    return value
 
 
 def _domain_of(address: str) -> str:
