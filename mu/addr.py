@@ -125,7 +125,6 @@ def _address_literal(domain: str) -> str:
 def idna_domain(domain: str) -> str:
     """A domain in its ASCII (A-label) form, lower-cased; raise AddressError if malformed.
     One trailing dot (the root) is allowed here: an operator may type one."""
-    domain = domain.strip(" \t")
     if domain.startswith("[") and domain.endswith("]"):
         return _address_literal(domain)
     domain = domain[:-1] if domain.endswith(".") else domain
@@ -154,9 +153,7 @@ def parse(address: str) -> tuple:
     The local part comes back exactly as given; the domain in A-label form, lower case."""
     if not isinstance(address, str):
         raise AddressError("not an email address")
-    # Only ASCII blanks are trimmed: str.strip() would also drop U+2028, U+0085 and the like,
-    # and the address would pass here while its untrimmed spelling travels on.
-    local, domain = split(address.strip(" \t"))
+    local, domain = split(address)   # nothing trimmed: what is checked is what travels on
     if not valid_local(local):
         raise AddressError(f"invalid local part: {local!r}")
     if domain.endswith("."):
