@@ -3,7 +3,6 @@ recorded, failures never in the way of storage, DMARC policy applied."""
 
 import re
 import smtplib
-import socket
 import subprocess
 import threading
 
@@ -346,7 +345,7 @@ def test_dmarc_reject_refused_550_at_end_of_data(mu, dns, rcpt):
     assert (code, text.split()[0]) == (550, b"5.7.1")
     assert domain.encode() in text
     assert len(mu.inbox(token)["messages"]) == before
-    wait_for(lambda: f"DMARC reject" in mu.log() and domain in mu.log(), message="the DMARC reject log line")
+    wait_for(lambda: "DMARC reject" in mu.log() and domain in mu.log(), message="the DMARC reject log line")
 
 
 def test_dmarc_reject_is_not_applied_when_aligned_spf_passes(site, dns):

@@ -32,6 +32,7 @@ class ReceivePolicy:
         self.events = events   # optional callable(kind, dict) for the admin mail log
         self.hostname = config.domain if config.domain != "localhost" else (socket.getfqdn() or "localhost")
         self.spf = spf_auth.Checker(resolver)
+        dmarc.public_suffix_list()   # parsed at start-up, not by the first message's DMARC check
         # pct= sampling (RFC 7489 §6.6.4): callable(pct) -> whether this message gets the policy.
         self.dmarc_sample = dmarc_sample or dmarc._sampled
         # RFC 8601 §2.5: the authserv-id names this server; results claiming it are ours alone.
