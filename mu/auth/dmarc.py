@@ -25,8 +25,14 @@ def public_suffix_list():
     global _psl
     with _psl_lock:
         if _psl is None:
+            import pkgutil
+
             from publicsuffixlist import PublicSuffixList
-            _psl = PublicSuffixList()   # ICANN and private sections, as RFC 7489 §3.2 intends
+            # Read through the package loader, which also works inside the zipapp (dist/mu),
+            # where the package's own open() of its file would not. ICANN and private
+            # sections both: a private suffix (duckdns.org) is a registry too.
+            source = pkgutil.get_data("publicsuffixlist", "public_suffix_list.dat")
+            _psl = PublicSuffixList(source.decode("utf-8"))
         return _psl
 
 
