@@ -5,6 +5,7 @@ import re
 import smtplib
 import subprocess
 import threading
+import time
 
 import dkim
 import pytest
@@ -457,6 +458,36 @@ def test_dmarc_record_that_is_not_v_dmarc1_first_is_ignored(site, dns):
     domain = dmarc_domain(dns, "p=reject; v=DMARC1")
     assert site.send(f"someone@{domain}", "alice@mu.test", message_from(domain)).code == 250
     assert site.inbox("alice")[0]["auth"]["dmarc"] == "none"
+
+
+def test_many_slow_from_domains_cost_at_most_the_auth_timeout(tmp_path, dns):
+    """Each From domain costs DMARC look-ups; past MAIL_AUTH_TIMEOUT the rest are temperror,
+    so ten domains whose DNS never answers hold the session for seconds, not ten timeouts."""
+    site = Receiver(tmp_path, dns, MAIL_DNS_TIMEOUT="1", MAIL_AUTH_TIMEOUT="1.5")
+    site.add_user("alice")
+    domains = [unique("slow") + ".example" for _ in range(10)]
+    for domain in domains:
+        dns.delay["_dmarc." + domain + "."] = 3
+    data = ("From: " + ", ".join(f"a@{d}" for d in domains) + "\r\nSubject: slow\r\n\r\nx\r\n").encode()
+    started = time.monotonic()
+    assert site.send("a@fast.example", "alice@mu.test", data).code == 250
+    assert time.monotonic() - started < 6
+    assert site.inbox("alice")[0]["auth"]["dmarc"] == "temperror"
+
+
+_phrase = st.lists(st.sampled_from(list("Ab z.,;:<>@\"\\()=?-_'") + ["=?utf-8?q?J=C3=B6rg?="]), max_size=12).map("".join)
+_mailbox = st.sampled_from(["a@b.example", "x.y+z@mail.example.org", "o'neil@x-y.example", "a@b", "a..b@c.example",
+                            "@x.example", "a@", "a@[1.2.3.4]"])
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(_mailbox, st.builds(lambda p, m, a, b: f"{a}{p}{b}<{m}>", _phrase, _mailbox,
+                                     st.sampled_from(["", " ", '"']), st.sampled_from(["", " ", '"', "\t"])),
+                 st.builds(lambda p, m: p + m, _phrase, _mailbox)))
+def test_from_fast_path_reads_the_address_getaddresses_reads(value):
+    import email.utils
+    if dmarc._SIMPLE_FROM.match(value):
+        assert dmarc._addresses([value]) == [a for _n, a in email.utils.getaddresses([value])], value
 
 
 # ---------------------------------------------------------------- property: DATA answers 250 or a deliberate 5xx

@@ -2,6 +2,7 @@
 
 import logging
 import re
+import time
 
 import dkim
 
@@ -80,9 +81,10 @@ def _verify_one(d, index: int, resolver) -> str:
     return "permerror" if lookup.unusable or not lookup.asked else "fail"
 
 
-def verify(message: bytes, resolver) -> list:
+def verify(message: bytes, resolver, deadline: float = None) -> list:
     """[(result, domain)] for each DKIM-Signature (the first MAX_SIGNATURES), result
-    pass/fail/temperror/permerror; [] if unsigned. Never raises."""
+    pass/fail/temperror/permerror; [] if unsigned. Never raises. A signature not begun by
+    `deadline` (time.monotonic()) is temperror: DNS was too slow to get to it."""
     try:
         d = dkim.DKIM(message, logger=logging.getLogger("dkim"), minkey=1024)
         sigs = [v for (k, v) in d.headers if k.lower() == b"dkim-signature"]
@@ -95,6 +97,9 @@ def verify(message: bytes, resolver) -> list:
             domain = tags.get(b"d", b"").decode("utf-8", "replace").strip().lower()
         except Exception:
             results.append(("permerror", ""))
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            results.append(("temperror", domain))
             continue
         results.append((_verify_one(d, index, resolver), domain))
     return results

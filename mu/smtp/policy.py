@@ -140,14 +140,17 @@ class ReceivePolicy:
         if spf_result in ("fail", "softfail", "permerror", "temperror"):
             log("smtp", f"SPF {spf_result} for {_for_log(sender) or '<>'} from {_for_log(ip)} "
                         f"(HELO {_for_log(helo)}): {_for_log(spf_expl)}")
+        # One budget for the rest of the look-ups, so a message naming many slow domains
+        # (signatures, From addresses) holds its connection for a bounded time.
+        deadline = time.monotonic() + self.config.auth_timeout_seconds
         signed = b"dkim-signature" in data[:65536].lower()
-        dkim_results = dkim_auth.verify(data, self.resolver) if signed else []
+        dkim_results = dkim_auth.verify(data, self.resolver, deadline) if signed else []
         # RFC 7489 §3.1.2: SPF's identifier is the MAIL FROM domain, or the HELO name for
         # the null sender (RFC 7208 §2.4).
         spf_domain = _domain_of(sender) if sender else _helo_domain(helo)
         from_domains = dmarc.header_from_domains(dmarc.author_from_fields(data))
         outcome = dmarc.evaluate(from_domains, spf_result, spf_domain, dkim_results, self.resolver,
-                                 sample=self.dmarc_sample)
+                                 sample=self.dmarc_sample, deadline=deadline)
         auth = {"spf": spf_result, "dkim": dkim_results[0][0] if dkim_results else "none",
                 "dkim_domains": [d for _, d in dkim_results], "dmarc": outcome.result,
                 "dmarc_policy": outcome.policy, "dmarc_disposition": outcome.disposition}
