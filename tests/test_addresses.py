@@ -205,3 +205,10 @@ def test_api_malformed_recipient_is_400_and_nothing_is_queued(web, to):
     assert queued(web) == []
     with web.app.store.reading() as state:
         assert state.users["alice"]["credits"] == 100
+
+
+def test_quoted_local_part_of_a_local_user_delivers_to_that_user(site):
+    """RFC 5322 §3.2.4: `"alice"` is `alice`, as `alice+tag` is (the contract's subaddressing)."""
+    for rcpt in ['"alice"', '"ali\\ce"', '"alice+tag"', "ALICE"]:
+        reply = site.dialog(["EHLO client.test", "MAIL FROM:<a@x.test>", f"RCPT TO:<{rcpt}@mu.test>"])[-1]
+        assert reply is R.RECIPIENT_OK, rcpt

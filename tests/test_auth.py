@@ -280,6 +280,21 @@ def test_odd_from_headers_are_stored_with_a_dmarc_error(site, from_header):
     assert site.inbox("alice")[0]["auth"]["dmarc"] in ("permerror", "none")
 
 
+def test_an_unexpected_error_inside_authentication_still_stores_the_message(site):
+    class Broken:
+        def check(self, *args, **kwargs):
+            raise RuntimeError("bug\r\nsmtp: forged")
+
+    site.policy.spf = Broken()
+    log = []
+    reply = site.send("a@x.example", "alice@mu.test", b"From: a@x.example\r\nSubject: s\r\n\r\nx\r\n", log=log)
+    assert reply.code == 250
+    msg = site.inbox("alice")[0]
+    assert msg["auth"]["spf"] == "permerror" and msg["auth"]["dmarc"] == "permerror"
+    assert msg["raw"].startswith("Received: from client.test ([127.0.0.1])")
+    assert [line for line in log if "failed unexpectedly" in line] and not any(l.startswith("smtp: forged") for l in log)
+
+
 def test_incoming_authentication_results_claiming_mu_are_removed(site):
     forged = (b"Authentication-Results: mu.test; dkim=pass header.d=bank.example\r\n"
               b"Authentication-Results: (comment) MU.TEST 1;\r\n\tspf=pass\r\n"

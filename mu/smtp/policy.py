@@ -161,7 +161,13 @@ class ReceivePolicy:
         dkim_results = [("permerror", "")]
         auth = {"spf": "permerror", "dkim": "permerror", "dkim_domains": [""], "dmarc": "permerror",
                 "dmarc_policy": "none", "dmarc_disposition": "none"}
-        return self._trace(envelope, "permerror", "", dkim_results, outcome), auth, outcome
+        try:
+            trace = self._trace(envelope, "permerror", "", dkim_results, outcome)
+        except Exception:   # the trace itself failed: one Received line with nothing from the peer
+            ip = envelope.peer_ip
+            trace = (f"Received: from unknown ([{'IPv6:' if ':' in ip else ''}{ip}])\r\n\tby {self.hostname} (mu);"
+                     f" {email.utils.formatdate(time.time(), localtime=True)}\r\n").encode("ascii", "replace")
+        return trace, auth, outcome
 
     def _trace(self, envelope, spf_result, spf_expl, dkim_results, outcome) -> bytes:
         """Received (RFC 5321 §4.4), Received-SPF (RFC 7208 §9.1), Authentication-Results
