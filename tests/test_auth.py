@@ -230,6 +230,19 @@ def test_dkim_temperror_when_the_key_lookup_fails(site, dns, signing_key):
     assert site.inbox("alice")[0]["auth"]["dkim"] == "temperror"
 
 
+def test_each_signature_has_its_result_and_one_pass_makes_the_summary_pass(site, dns, signing_key):
+    key, pub = signing_key
+    good, missing = unique("good") + ".example", unique("gone") + ".example"
+    dns.add("s1._domainkey." + good, "TXT", f"v=DKIM1; k=rsa; p={pub}")
+    data = signed(key, good)
+    data = dkim.sign(data, b"s1", missing.encode(), key, include_headers=[b"From", b"Subject"]) + data
+    assert site.send(f"a@{good}", "alice@mu.test", data).code == 250
+    msg = site.inbox("alice")[0]
+    assert msg["auth"]["dkim"] == "pass" and msg["auth"]["dkim_domains"] == [missing, good]
+    field = auth_results(msg["raw"])
+    assert f"dkim=permerror header.d={missing}; dkim=pass header.d={good};" in field
+
+
 @pytest.mark.parametrize("signature", [
     b"DKIM-Signature: garbage\r\n",
     b"DKIM-Signature: v=1; a=rsa-sha256; d=x.example; s=s1; h=from; bh=!!; b=\r\n",

@@ -151,7 +151,7 @@ class ReceivePolicy:
         from_domains = dmarc.header_from_domains(dmarc.author_from_fields(data))
         outcome = dmarc.evaluate(from_domains, spf_result, spf_domain, dkim_results, self.resolver,
                                  sample=self.dmarc_sample, deadline=deadline)
-        auth = {"spf": spf_result, "dkim": dkim_results[0][0] if dkim_results else "none",
+        auth = {"spf": spf_result, "dkim": _best_dkim_result(dkim_results),
                 "dkim_domains": [d for _, d in dkim_results], "dmarc": outcome.result,
                 "dmarc_policy": outcome.policy, "dmarc_disposition": outcome.disposition}
         return self._trace(envelope, spf_result, spf_expl, dkim_results, outcome), auth, outcome
@@ -197,6 +197,13 @@ class ReceivePolicy:
         auth_results = (f"Authentication-Results: {host};\r\n\tspf={spf_result} {spf_identity};"
                         f"\r\n\t{dkim_part};\r\n\t{dmarc_part}\r\n")
         return (received + received_spf + auth_results).encode("utf-8")
+
+
+def _best_dkim_result(dkim_results: list) -> str:
+    """The message's DKIM summary: pass if any signature passed, else the most telling."""
+    order = ("pass", "fail", "temperror", "permerror")
+    found = [r for r, _d in dkim_results]
+    return next((r for r in order if r in found), "none")
 
 
 def _storable(value):
