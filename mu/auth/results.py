@@ -77,7 +77,7 @@ def _authserv_id(value: str) -> str:
         end = re.match(r'"((?:[^"\\]|\\.)*)"', rest)
         ident = re.sub(r"\\(.)", r"\1", end.group(1)) if end else rest[1:]
     else:
-        ident = re.split(r"[\s;()]", rest, 1)[0]
+        ident = re.split(r"[\s;()]", rest, maxsplit=1)[0]
     return ident.strip().lower().rstrip(".")
 
 
