@@ -35,7 +35,7 @@ def classify(value: str) -> tuple:
         local, domain = addr.parse(value)
     except addr.AddressError:
         raise BlocklistError(f"not an email address, *@domain or IP address: {value!r}") from None
-    return "email", f"{local.lower()}@{domain}"
+    return "email", addr.mailbox_key(f"{local}@{domain}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -106,17 +106,38 @@ class Blocklist:
     def remove(self, value: str) -> tuple:
         return self._change(value, False)
 
-    def blocked(self, ip: str, sender: str = "") -> bool:
-        """Whether the client IP, or the envelope sender (its address or its whole domain),
-        is blocked."""
+    def _match_keys(self) -> frozenset:
+        """The entries as blocked() compares them: each email entry by its mailbox key
+        (entries written before keys existed included), IPs and `*@domain` as stored."""
         entries = self._fresh()
-        if _canonical_ip(ip) in entries:
+        cached = getattr(self, "_keys_cache", None)
+        if cached is None or cached[0] is not entries:
+            keys = set()
+            for value, entry in entries.items():
+                keys.add(value)
+                if entry.get("kind") == "email" and not value.startswith("*@"):
+                    try:
+                        keys.add(addr.mailbox_key(value))
+                    except addr.AddressError:
+                        pass
+            cached = (entries, frozenset(keys))
+            self._keys_cache = cached
+        return cached[1]
+
+    def blocked(self, ip: str, sender: str = "") -> bool:
+        """Whether the client IP, or the envelope sender's mailbox or its whole domain, is
+        blocked. The mailbox, not its spelling: `"spammer"@bad.test`, `spammer+x@bad.test`
+        and `SPAMMER@BAD.TEST` are all spammer@bad.test (addr.mailbox_key)."""
+        keys = self._match_keys()
+        if _canonical_ip(ip) in keys:
             return True
         if not sender:
             return False
-        local, _, domain = sender.rpartition("@")
         try:
-            domain = addr.idna_domain(domain)
+            key = addr.mailbox_key(sender)
         except addr.AddressError:
-            domain = domain.lower()
-        return f"{local.lower()}@{domain}" in entries or f"*@{domain}" in entries
+            # Not a valid address (callers check first): compare what can be compared.
+            local, _, domain = sender.rpartition("@")
+            key = f"{local.casefold()}@{domain.casefold()}"
+        domain = key.rpartition("@")[2]
+        return key in keys or f"*@{domain}" in keys

@@ -103,6 +103,8 @@ SETTINGS = [
     ("MAIL_DNS_SERVER", "dns_server", "", lambda t: _host_port(t) if t.strip() else None,
      "HOST:PORT of the DNS server for MX, A, SPF, DKIM and DMARC look-ups (default: system resolver)"),
     ("MAIL_DNS_TIMEOUT", "dns_timeout_seconds", "5", _seconds, "total time for one DNS look-up, seconds"),
+    ("MAIL_AUTH_TIMEOUT", "auth_timeout_seconds", "15", _seconds,
+     "time for the DKIM and DMARC look-ups of one received message, seconds; past it the rest are temperror"),
     ("MAIL_OUTBOUND_PORT", "outbound_port", "25", _int(1, 65535), "TCP port used when connecting to a recipient's MX host"),
     ("MAIL_OUTBOUND_TIMEOUT", "outbound_timeout_seconds", "60", _seconds, "outbound SMTP connect/read timeout, seconds"),
     ("MAIL_QUEUE_LIFETIME", "queue_lifetime_seconds", "432000", _seconds, "how long outbound mail is retried before it bounces, seconds (5 days)"),
@@ -132,6 +134,7 @@ class Config:
     tls_key: Optional[str]
     dns_server: Optional[tuple]
     dns_timeout_seconds: float
+    auth_timeout_seconds: float
     outbound_port: int
     outbound_timeout_seconds: float
     queue_lifetime_seconds: float

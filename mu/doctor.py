@@ -35,7 +35,6 @@ def dkim_public_key(config):
 
 def checks(config, resolver=None):
     resolver = resolver or Resolver(config.dns_server, config.dns_timeout_seconds)
-    spf_auth.use_resolver(resolver)
     domain, selector = config.domain, config.dkim_selector
     mine = local_addresses()
     results = []
@@ -88,7 +87,7 @@ def checks(config, resolver=None):
         add(WARN, "SPF", f"no SPF record for {domain}", suggestion)
     else:
         ip = next((i for i in host_ips if i in mine), next(iter(host_ips), "127.0.0.1"))
-        result, _expl = spf_auth.check(ip, f"postmaster@{domain}", domain)
+        result, _expl = spf_auth.Checker(resolver).check(ip, f"postmaster@{domain}", domain)
         level = OK if result == "pass" else WARN
         add(level, "SPF", f'"{spf_records[0]}" gives {result} for {ip}', "" if level == OK else suggestion)
     # DKIM (RFC 6376 §3.6.2)

@@ -120,7 +120,9 @@ class Mailbox:
     def resolve_recipients(self, to, state) -> tuple:
         """(local usernames, external addresses) for a To field; MailError for bad entries."""
         items = to if isinstance(to, list) else str(to or "").split(",")
-        items = [str(i).strip() for i in items if str(i).strip()]
+        # ASCII blanks only: str.strip() would also remove U+2028, U+0085 and the like, and
+        # an address carrying them must be refused, not quietly repaired.
+        items = [str(i).strip(" \t\r\n") for i in items if str(i).strip(" \t\r\n")]
         if not items:
             raise MailError("no recipient: 'to' is empty")
         local, external = [], []

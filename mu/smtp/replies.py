@@ -90,3 +90,7 @@ NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Parameter not recognized or not implemented")
 SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 EMPTY_MESSAGE = Reply(554, "5.6.0", "Message rejected: no headers or body")
+
+# Authentication of received mail: refusals a domain's own published policy asks for.
+# RFC 7489 §6.6.4 (p=reject, applied only to a real DMARC fail, never a temperror).
+DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected: the DMARC policy of {domain} says reject")
