@@ -132,14 +132,14 @@ def serve(config, host: str, port: int) -> int:
     if _claim_home(config.home) is None:
         print(f"mu: error: another mu server is already running with MU_HOME={config.home}", file=sys.stderr)
         return 2
-    _settle_heap()
-    app.signer.log_status()
     try:
         # Asked for explicitly, so an unusable certificate stops start-up (docs: TLS).
         app.tls = tls.ReloadingContext.for_config(config)
     except tls.TLSSetupError as exc:
         print(f"mu: error: {exc}", file=sys.stderr)
         return 2
+    _settle_heap()
+    app.signer.log_status()
     if app.tls:
         log("tls", f"using {config.tls_cert}: {tls.describe(config.tls_cert)}")
     policy = ReceivePolicy(config, app.mailbox, app.blocklist, app.connection_limiter,
