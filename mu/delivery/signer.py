@@ -24,7 +24,7 @@ class Signer:
             self._key, self._stamp = None, None
             self._why_off = dkimkeys.read_private_key(self.key_path)[1]   # missing, or a folder we cannot enter
             return None
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_mode)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)   # ctime: chmod and chown too
         if stamp != self._stamp:
             self._key, self._why_off = dkimkeys.read_private_key(self.key_path)
             self._stamp = stamp
