@@ -174,8 +174,12 @@ def serve(config, host: str, port: int) -> int:
         raise SystemExit(0)
 
     def reload(signum, _frame):
-        count = len(app.blocklist.entries())
-        log("mail", f"reloaded: blocklist has {count} entries")
+        # Each part on its own: one that fails says why in a line and the others still reload.
+        try:
+            count = len(app.blocklist.entries())
+            log("mail", f"reloaded: blocklist has {count} entries")
+        except Exception as exc:
+            log("mail", f"blocklist not reloaded: {exc}")
         if app.tls:
             app.tls.reload("SIGHUP")
         app.signer.log_status()

@@ -62,7 +62,7 @@ class _Report:
             return FAIL, "MX", f"{domain} does not exist in DNS", fix
         except DNSTempError as exc:
             self.dns_down = True
-            return FAIL, "MX", f"DNS look-up failed: {exc}", DNS_FIX
+            return FAIL, "MX", str(exc), DNS_FIX
         self.mx_hosts = [h for _, h in records if h != "."]
         if not records:
             return WARN, "MX", f"{domain} has no MX record (mail falls back to its A record)", fix
@@ -77,7 +77,7 @@ class _Report:
             try:
                 ips = self.resolver.addresses(host)
             except DNSTempError as exc:
-                failed.append(f"{host}: {exc}")
+                failed.append(str(exc))
                 continue
             if ips:
                 found[host] = ips
@@ -86,7 +86,7 @@ class _Report:
         self.host_ips = [ip for ips in found.values() for ip in ips]
         shown = "; ".join(f"{h} -> {', '.join(ips)}" for h, ips in found.items())
         if failed:
-            return FAIL, "A", "DNS look-up failed: " + "; ".join(failed), DNS_FIX
+            return FAIL, "A", "; ".join(failed), DNS_FIX
         if missing:
             return FAIL, "A", f"{', '.join(missing)} has no A/AAAA record", f"{missing[0]}. IN A <this server's IP>"
         if set(self.host_ips) & self.mine:
@@ -100,7 +100,7 @@ class _Report:
         name = ehlo_name(self.config)
         ips = list(self.config.public_ips) or [ip for ip in self.host_ips if ip in self.mine]
         if not ips and self.dns_down:
-            return FAIL, "PTR", "DNS look-up failed (see MX)", DNS_FIX
+            return FAIL, "PTR", "DNS look-up failed (see MX): the sending address is not known", DNS_FIX
         if not ips:
             return WARN, "PTR", "cannot tell this host's sending address", \
                 "set MAIL_PUBLIC_IP to the server's public address"
@@ -113,13 +113,13 @@ class _Report:
             except NXDomain:
                 names = []
             except DNSTempError as exc:
-                return FAIL, "PTR", f"DNS look-up failed: {exc}", DNS_FIX
+                return FAIL, "PTR", str(exc), DNS_FIX
             if not names:
                 return FAIL, "PTR", f"{ip} has no reverse DNS (PTR) record; large providers refuse or junk such mail", fix
             try:
                 confirmed = [n for n in names if ip in self.resolver.addresses(n)]
             except DNSTempError as exc:
-                return FAIL, "PTR", f"DNS look-up failed: {exc}", DNS_FIX
+                return FAIL, "PTR", str(exc), DNS_FIX
             if not confirmed:
                 return FAIL, "PTR", f"{ip} -> {names[0]}, which does not resolve back to {ip}", \
                     f"{names[0]}. IN A {ip}   (or: {fix})"
@@ -136,7 +136,7 @@ class _Report:
         try:
             records = [r for r in self.resolver.txt(domain) if r.lower().startswith("v=spf1")]
         except DNSTempError as exc:
-            return FAIL, "SPF", f"DNS look-up failed: {exc}", DNS_FIX
+            return FAIL, "SPF", str(exc), DNS_FIX
         if len(records) > 1:
             return FAIL, "SPF", f"{len(records)} SPF records (RFC 7208 §3.2 allows one)", suggestion
         if not records:
@@ -158,7 +158,7 @@ class _Report:
         try:
             published = [r for r in self.resolver.txt(name) if "p=" in r]
         except DNSTempError as exc:
-            return FAIL, "DKIM", f"DNS look-up of {name} failed: {exc}", DNS_FIX
+            return FAIL, "DKIM", str(exc), DNS_FIX
         if not public:
             return WARN, "DKIM", f"no key at {pub_path}: outbound mail is not signed", keygen_hint(config)
         record = dkimkeys.txt_record(config.dkim_selector, self.domain, public)
@@ -176,7 +176,7 @@ class _Report:
         try:
             records = [r for r in self.resolver.txt("_dmarc." + domain) if r.lower().startswith("v=dmarc1")]
         except DNSTempError as exc:
-            return FAIL, "DMARC", f"DNS look-up failed: {exc}", DNS_FIX
+            return FAIL, "DMARC", str(exc), DNS_FIX
         if records:
             return OK, "DMARC", f'"{records[0]}"', ""
         return WARN, "DMARC", f"no DMARC record at _dmarc.{domain}", \

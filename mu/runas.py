@@ -68,6 +68,11 @@ def drop_to_owner(home: str, serving: bool) -> None:
     except KeyError:   # an owner with no passwd entry: its group from the folder
         gid = os.stat(_nearest_existing(home)).st_gid
         groups = [gid]
+    unreadable = _unreadable_as(uid, gid, groups)
+    if unreadable:
+        raise HomeError(f"MU_HOME={home} belongs to user {name}, who cannot read {unreadable} (this Python "
+                        f"or mu itself); run the command as {name} with a Python {name} can read, "
+                        f"or use the installed command (make install: /opt/mu/mu)")
     try:
         os.setgroups(groups)
         os.setgid(gid)
@@ -75,6 +80,43 @@ def drop_to_owner(home: str, serving: bool) -> None:
     except OSError as exc:
         raise HomeError(f"MU_HOME={home} belongs to user {name} and switching to it failed "
                         f"({exc.strerror or exc}); run: runuser -u {name} -- {command_name()} ...") from None
+
+
+def _code_folders() -> list:
+    """Where this process imports from: the standard library, mu, its dependencies."""
+    import importlib.util
+    folders = [os.path.dirname(os.__file__), os.path.dirname(os.path.abspath(__file__))]
+    for name in ("bottle", "dkim", "dns"):
+        spec = importlib.util.find_spec(name)
+        if spec and spec.origin:
+            folders.append(os.path.dirname(spec.origin))
+    return folders
+
+
+def _unreadable_as(uid: int, gid: int, groups: list):
+    """The first code folder the user could not read (imports after switching would fail
+    with a traceback), or None. Asked in a child process that switches, so we need not."""
+    folders = _code_folders()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            bad = next((f for f in folders if not os.access(f, os.R_OK | os.X_OK)), "")
+        except OSError:
+            bad = folders[0]
+        os.write(write_end, bad.encode())
+        os._exit(0)
+    os.close(write_end)
+    try:
+        answer = os.read(read_end, 4096).decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    return answer or None
 
 
 def check_home(home: str) -> None:

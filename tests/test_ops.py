@@ -456,3 +456,60 @@ def test_doctor_ptr_check(dns, tmp_path, case):
     expected = {"none": ("FAIL", "no reverse DNS"), "not-confirmed": ("FAIL", "does not resolve back"),
                 "other-name": ("WARN", f"but mu says EHLO {domain}"), "good": ("OK", f"{ip} -> {domain}")}[case]
     assert level == expected[0] and expected[1] in text, out.stdout
+
+
+# ---------------------------------------------------------------- backup as the docs describe it
+
+def test_documented_online_backup_has_everything_acknowledged_before_it(make_mu, tmp_path):
+    import smtplib
+    mu = make_mu()
+    name = mu.add_user()
+    acknowledged, stop = [], threading.Event()
+
+    def sender():
+        i = 0
+        while not stop.is_set():
+            with smtplib.SMTP("127.0.0.1", mu.smtp_port, timeout=10) as s:
+                s.sendmail("a@example.org", [f"{name}@mu.test"], f"Subject: b{i}\r\n\r\nx\r\n".encode())
+            acknowledged.append(f"b{i}")
+            i += 1
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    wait_for(lambda: len(acknowledged) >= 20, timeout=30)
+    before = list(acknowledged)
+    archive = tmp_path / "backup.tar"
+    parent, folder = os.path.split(mu.home)
+    # docs/README.md "Backup and restore", the online form
+    subprocess.run(f"flock --shared {mu.home}/.lock tar -C {parent} -cf - {folder} > {archive}",
+                   shell=True, check=True)
+    stop.set()
+    thread.join()
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    subprocess.run(["tar", "-C", str(restored), "-xf", str(archive)], check=True)
+    from conftest import Mu
+    copy = Mu(str(restored / folder), {k: v for k, v in mu.env.items() if k.startswith(("MAIL_DNS", "MU_DOCTOR"))}).start()
+    try:
+        subjects = {m["subject"] for m in copy.inbox(copy.token(name), limit=500)["messages"]}
+    finally:
+        copy.stop()
+    assert set(before) <= subjects
+
+
+@needs_root
+def test_root_cli_refuses_when_the_owner_cannot_run_this_python():
+    """The dev venv's Python lives under /root (0700): switching to the owner would make every
+    later import fail, so the command refuses, saying what to run instead."""
+    if os.access(os.path.dirname(os.__file__), os.R_OK) and not os.path.realpath(sys.executable).startswith("/root/"):
+        pytest.skip("this Python is readable by every user")
+    base = _world_reachable_dir()
+    home = os.path.join(base, "home")
+    os.mkdir(home, 0o700)
+    os.chown(home, NOBODY, NOBODY)
+    try:
+        out = run({"MU_HOME": home}, "users", "list")
+        one_line_error(out, "belongs to user nobody, who cannot read", "/opt/mu/mu")
+        assert os.listdir(home) == []
+    finally:
+        subprocess.run(["rm", "-rf", base])
