@@ -236,3 +236,35 @@ def test_installed_server_as_mu_with_cli_as_root_then_upgrade(tmp_path, dns, cap
             server.proc.kill()
         ns.close()
     assert {p: os.path.exists(p) for p in host_before} == host_before   # the host was never written
+
+
+def _fake_install(tmp_path):
+    """deploy/mu in a tree whose `python` prints the environment it was given."""
+    (tmp_path / "lib" / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "deploy", "mu"), tmp_path / "mu")
+    fake = tmp_path / "lib" / ".venv" / "bin" / "python"
+    fake.write_text("#!/bin/sh\nenv\n")
+    fake.chmod(0o755)
+    return str(tmp_path / "mu")
+
+
+def test_installed_command_reads_mu_env_like_systemd_but_the_caller_wins(tmp_path):
+    import pathlib
+    import tempfile
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="mu-wrapper-", dir="/tmp"))   # reachable by nobody too
+    tmp_path.chmod(0o755)
+    command = _fake_install(tmp_path)
+    env_file = tmp_path / "mu.env"
+    env_file.write_text("# a comment\n  MU_HOME=/var/lib/mu\nMAIL_DOMAIN=first.test\nMAIL_DOMAIN=\"second.test\"\n"
+                        "MAIL_SELECTOR='sel'\n; also a comment\nnot a line\nMAIL_PORT=25\n")
+    out = subprocess.run([command, "users", "list"], capture_output=True, text=True,
+                         env={"PATH": PATH, "MU_ENV_FILE": str(env_file), "MAIL_PORT": "2525"})
+    seen = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    assert seen["MU_HOME"] == "/var/lib/mu" and seen["MAIL_DOMAIN"] == "second.test" and seen["MAIL_SELECTOR"] == "sel"
+    assert seen["MAIL_PORT"] == "2525"              # the caller's environment wins over the file
+    assert seen["MU_COMMAND"] == command
+    env_file.chmod(0o600)   # as if the file were another user's: the command says so, not ~/.mu
+    out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", command, "users", "list"],
+                         capture_output=True, text=True, env={"PATH": PATH, "MU_ENV_FILE": str(env_file)})
+    shutil.rmtree(tmp_path)
+    assert out.returncode == 2 and f"cannot read {env_file}" in out.stderr and "MU_HOME" not in out.stdout
