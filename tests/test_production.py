@@ -208,6 +208,8 @@ def test_single_file_build_runs_in_fresh_folder(tmp_path):
     out = subprocess.run([str(exe), "users", "add", "alice"], input="password1\n", env=env, cwd=tmp_path,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    keys = subprocess.run([str(exe), "dkim", "generate"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert keys.returncode == 0 and 'default._domainkey.localhost. IN TXT "v=DKIM1;' in keys.stdout, keys.stderr
     web = free_port()
     proc = subprocess.Popen([str(exe), "--serve", "--address", f"127.0.0.1:{web}"], env=env, cwd=tmp_path,
                             stderr=subprocess.PIPE)
