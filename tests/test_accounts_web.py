@@ -147,8 +147,11 @@ def test_login_with_huge_username_stores_nothing(tmp_path):
     site = InProcess(tmp_path)
     by_account, by_address = site.web.wsgi.wsgi.wsgi.config["mu.login_throttle"]
     resp = login(site, "a" * 1_000_000, "x")
-    assert resp.status == 401 and len(resp.body) < 20_000   # the name is not echoed back
+    assert resp.status == 413 and len(resp.body) < 20_000   # refused before the form is parsed
+    resp = login(site, "b" * 5_000, "x")                    # fits the form, names nobody
+    assert resp.status == 401 and "b" * 100 not in resp.text
     assert len(by_account) == 0 and len(by_address) == 1
+    assert signup(site, "c" * 1_000_000).status == 413
 
 
 def test_throttle_memory_is_bounded_and_never_cleared_wholesale():

@@ -16,6 +16,9 @@ from .common import PRESESSION_CSRF_COOKIE, SESSION_COOKIE, check_csrf, client_a
 MAX_LOGIN_FAILURES = 10           # failures in a row for one account before it is locked
 LOGIN_LOCK_SECONDS = 15 * 60
 SIGNUP_WINDOW_SECONDS = 3600
+# A login or sign-up form is a username (32), a password (1024), a token or two and their
+# percent-encoding: anything larger is refused before it is read, let alone parsed.
+MAX_ACCOUNT_FORM_BYTES = 16 * 1024
 # Every throttle forgets its least recently touched key past this many, so a flood of
 # names or addresses costs bounded memory (and never wipes the table at once).
 THROTTLE_MAX_KEYS = 50_000
@@ -86,6 +89,15 @@ def _safe_next(target: str) -> str:
     return target
 
 
+def refuse_large_form() -> None:
+    """413 for a login/sign-up body larger than any real one (its length as declared, or as
+    read when it is chunked), before anything parses it."""
+    declared = request.content_length
+    if declared > MAX_ACCOUNT_FORM_BYTES or (declared < 0 and
+                                             len(request.body.read(MAX_ACCOUNT_FORM_BYTES + 1)) > MAX_ACCOUNT_FORM_BYTES):
+        raise bottle.HTTPError(413, "This form is far larger than a username and password can be.")
+
+
 def start_session(app, name: str) -> None:
     old = request.get_cookie(SESSION_COOKIE)
     if old:
@@ -138,6 +150,7 @@ def install(web, app):
 
     @web.post("/signup")
     def signup():
+        refuse_large_form()
         check_csrf()
         allowed, as_admin, why = signup_mode()
         if not allowed:
@@ -167,6 +180,7 @@ def install(web, app):
 
     @web.post("/login")
     def login():
+        refuse_large_form()
         check_csrf()
         name = (request.forms.getunicode("username", "") or "").strip().lower()
         password = request.forms.getunicode("password", "") or ""

@@ -189,6 +189,7 @@ def install(web, app):
     @web.error(403)
     @web.error(404)
     @web.error(405)
+    @web.error(413)
     @web.error(429)
     @web.error(500)
     def error_page(err):
