@@ -26,7 +26,7 @@ TEST_DEBS := \
 .PHONY: run test bench lint fuzz dist install system-packages clean
 
 $(VENV)/.runtime: requirements.txt
-	$(PYTHON) -m venv $(VENV)
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
 	touch $@
 
@@ -69,22 +69,47 @@ dist: $(VENV)/.runtime
 	$(PYTHON) -m zipapp build/dist -o dist/mu -p "/usr/bin/env python3"
 	@echo "built dist/mu ($$(du -h dist/mu | cut -f1))"
 
-# Install into /opt/mu (the program in lib/ with its own venv, the `mu` command beside it)
-# and the systemd unit. Run as root.
+# Install into /opt/mu: the program (lib/ with its own venv, docs/, scripts/, deploy/ and
+# the `mu` command), replaced whole at every run so nothing of an older version stays; the
+# systemd unit; the mu user and its data folder. The settings file /etc/mu/mu.env is created
+# once and never overwritten. Run as root; re-running it is the upgrade (docs: Upgrading).
 PREFIX ?= /opt/mu
+SYSCONFDIR ?= /etc/mu
+UNITDIR ?= /etc/systemd/system
+DATADIR ?= /var/lib/mu
+MU_USER ?= mu
+PATHS_SED := -e 's|/opt/mu|$(PREFIX)|g' -e 's|/etc/mu|$(SYSCONFDIR)|g' -e 's|/var/lib/mu|$(DATADIR)|g'
 install:
-	install -d $(PREFIX)/lib $(PREFIX)/scripts $(PREFIX)/docs
-	cp -r mu views mu.py requirements.txt $(PREFIX)/lib/
-	cp -r docs/. $(PREFIX)/docs/
-	install -m 755 scripts/generate-dkim-keys.sh $(PREFIX)/scripts/
-	install -m 755 deploy/mu $(PREFIX)/mu
-	$(PYTHON) -m venv $(PREFIX)/lib/.venv
-	$(PREFIX)/lib/.venv/bin/pip install --disable-pip-version-check -q -r $(PREFIX)/lib/requirements.txt
-	id -u mu >/dev/null 2>&1 || useradd --system --home-dir /var/lib/mu --shell /usr/sbin/nologin mu
-	install -d -m 700 -o mu -g mu /var/lib/mu
-	install -m 644 deploy/mu.service /etc/systemd/system/mu.service
-	@echo "installed in $(PREFIX); edit MAIL_DOMAIN in /etc/systemd/system/mu.service, then:"
-	@echo "  systemctl daemon-reload && systemctl enable --now mu"
+	rm -rf $(PREFIX).new
+	install -d $(PREFIX).new/lib $(PREFIX).new/scripts $(PREFIX).new/docs $(PREFIX).new/deploy
+	cp -r mu views mu.py requirements.txt $(PREFIX).new/lib/
+	find $(PREFIX).new/lib -name __pycache__ -prune -exec rm -rf {} +
+	cp -r docs/. $(PREFIX).new/docs/
+	install -m 755 scripts/generate-dkim-keys.sh $(PREFIX).new/scripts/
+	install -m 644 deploy/Caddyfile deploy/nginx.conf deploy/mu.env $(PREFIX).new/deploy/
+	sed $(PATHS_SED) deploy/certbot-deploy-hook > $(PREFIX).new/deploy/certbot-deploy-hook
+	sed $(PATHS_SED) deploy/mu > $(PREFIX).new/mu
+	chmod 755 $(PREFIX).new/deploy/certbot-deploy-hook $(PREFIX).new/mu
+	$(PYTHON) -m venv $(PREFIX).new/lib/.venv
+	$(PREFIX).new/lib/.venv/bin/pip install --disable-pip-version-check -q -r $(PREFIX).new/lib/requirements.txt
+	rm -rf $(PREFIX).old
+	if [ -e $(PREFIX) ]; then mv $(PREFIX) $(PREFIX).old; fi
+	mv $(PREFIX).new $(PREFIX)
+	rm -rf $(PREFIX).old
+	id -u $(MU_USER) >/dev/null 2>&1 || useradd --system --user-group --home-dir $(DATADIR) --shell /usr/sbin/nologin $(MU_USER)
+	install -d -m 700 -o $(MU_USER) -g $(MU_USER) $(DATADIR)
+	@# Files a command once run as root left behind would keep the server out: give them back.
+	find $(DATADIR) ! -user $(MU_USER) -exec chown $(MU_USER):$(MU_USER) {} +
+	install -d -m 755 $(SYSCONFDIR)
+	@if [ -e $(SYSCONFDIR)/mu.env ]; then echo "kept $(SYSCONFDIR)/mu.env"; else \
+	  sed $(PATHS_SED) deploy/mu.env > $(SYSCONFDIR)/mu.env && chgrp $(MU_USER) $(SYSCONFDIR)/mu.env && \
+	  chmod 640 $(SYSCONFDIR)/mu.env && echo "created $(SYSCONFDIR)/mu.env"; fi
+	install -d $(UNITDIR)
+	sed $(PATHS_SED) -e 's|^User=mu|User=$(MU_USER)|' -e 's|^Group=mu|Group=$(MU_USER)|' deploy/mu.service > $(UNITDIR)/mu.service
+	chmod 644 $(UNITDIR)/mu.service
+	@echo "installed in $(PREFIX). Next (docs/README.md, Installing):"
+	@echo "  edit $(SYSCONFDIR)/mu.env (MAIL_DOMAIN), then: $(PREFIX)/mu users add NAME --admin"
+	@echo "  systemctl daemon-reload && systemctl enable --now mu   (upgrading: systemctl restart mu)"
 
 clean:
 	rm -rf $(VENV) dist build test-artifacts

@@ -12,7 +12,13 @@ RESERVED_NAMES = frozenset({"postmaster", "abuse", "admin", "root", "mailer-daem
 MIN_PASSWORD_CHARS = 6        # for self-service sign-up on the web
 MIN_OPERATOR_PASSWORD_CHARS = 1   # the CLI's operator picks their own policy
 MAX_PASSWORD_CHARS = 1024
+MAX_USERNAME_CHARS = 32       # USERNAME_RE's bound: anything longer names nobody
 SESSION_SECONDS = 30 * 24 * 3600
+INVITE_SECONDS = 7 * 24 * 3600
+# A token's "last used" is recorded at most this often: a journal write per API request
+# would cost more than the listing is worth.
+TOKEN_USED_RESOLUTION_SECONDS = 3600
+TOKEN_ID_CHARS = 8            # the listing's id: the start of the token's SHA-256, never the token
 
 # scrypt cost: ~50 ms and 16 MiB per hash on a small server.
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
@@ -23,6 +29,10 @@ class AccountError(ValueError):
 
 
 class NotFound(AccountError):
+    pass
+
+
+class InviteInvalid(AccountError):
     pass
 
 
@@ -37,6 +47,8 @@ def hash_password(password: str) -> dict:
 
 
 def check_password(password: str, stored: dict) -> bool:
+    if len(password) > MAX_PASSWORD_CHARS:   # never spend scrypt on a megabyte
+        return False
     digest = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(stored["salt"]),
                             n=stored["n"], r=stored["r"], p=stored["p"], maxmem=64 * 1024 * 1024)
     return hmac.compare_digest(digest.hex(), stored["hash"])
@@ -75,21 +87,34 @@ class Accounts:
     # ------------------------------------------------------------ users
 
     def create(self, name: str, password: str, admin: bool = False, credits: int = 0,
-               admin_if_first: bool = False, min_password_chars: int = MIN_PASSWORD_CHARS) -> dict:
+               admin_if_first: bool = False, min_password_chars: int = MIN_PASSWORD_CHARS,
+               invite: str = None) -> dict:
+        """A new account. With `invite`, the invitation is used up in the same write (and the
+        account is refused when it is not valid); `admin_if_first` makes it an admin when
+        there is none yet."""
         name = validate_new_name(name)
         validate_password(password, min_password_chars)
         if credits < 0:
             raise AccountError("credits cannot be negative")
         pw = hash_password(password)
 
+        invite_hash = _sha256(invite) if invite else None
+
         def build(state, _refs):
             if name in state.users:
                 raise AccountError(f"user {name!r} already exists")
+            records = []
+            if invite_hash:
+                entry = state.invites.get(invite_hash)
+                if not entry or entry["expires"] < time.time():
+                    raise InviteInvalid("this invitation link is not valid (used, revoked or expired)")
+                records.append({"op": "invite.del", "hash": invite_hash})
             role = "admin" if admin or (admin_if_first and not any(
                 u["role"] == "admin" for u in state.users.values())) else "user"
             fields = {"role": role, "credits": credits, "pw": pw, "created_at": time.time(),
                       "disabled": False}
-            return [{"op": "user.put", "name": name, "fields": fields}], dict(fields, name=name)
+            records.append({"op": "user.put", "name": name, "fields": fields})
+            return records, dict(fields, name=name)
 
         return self.store.commit(build)
 
@@ -107,6 +132,10 @@ class Accounts:
     def all(self) -> list:
         with self.store.reading() as state:
             return [dict(state.users[n]) for n in sorted(state.users)]
+
+    def has_admin(self) -> bool:
+        with self.store.reading() as state:
+            return any(u["role"] == "admin" and not u.get("disabled") for u in state.users.values())
 
     def admins(self) -> list:
         with self.store.reading() as state:
@@ -131,6 +160,23 @@ class Accounts:
 
         return self.store.commit(build)
 
+    def set_password(self, name: str, password: str, min_password_chars: int = MIN_PASSWORD_CHARS,
+                     keep_session: str = None) -> dict:
+        """A new password; every web session of the user ends, but `keep_session` (the
+        session id of the page that changed it)."""
+        name = normalize_name(name)
+        validate_password(password, min_password_chars)
+        pw = hash_password(password)
+        keep = _sha256(keep_session) if keep_session else None
+
+        def build(state, _refs):
+            if name not in state.users:
+                raise NotFound(f"no such user: {name}")
+            return [{"op": "user.put", "name": name, "fields": {"pw": pw}},
+                    {"op": "user.sessions.del", "user": name, "keep": keep}], dict(state.users[name], pw=pw)
+
+        return self.store.commit(build)
+
     def add_credits(self, name: str, delta: int) -> dict:
         name = normalize_name(name)
 
@@ -146,6 +192,9 @@ class Accounts:
 
     def authenticate(self, name: str, password: str):
         """The user if the password is right and the account enabled, else None."""
+        if len(name or "") > MAX_USERNAME_CHARS:
+            check_password(password[:MAX_PASSWORD_CHARS], _DUMMY_HASH)
+            return None
         user = self.get(name)
         if user is None:
             check_password(password, _DUMMY_HASH)
@@ -168,10 +217,78 @@ class Accounts:
         return self.store.commit(build)
 
     def user_for_token(self, token: str):
+        if not token or len(token) > 200:
+            return None
+        digest = _sha256(token)
         with self.store.reading() as state:
-            entry = state.tokens.get(_sha256(token))
+            entry = state.tokens.get(digest)
             user = entry and state.users.get(entry["user"])
-            return dict(user) if user and not user.get("disabled") else None
+            if not user or user.get("disabled"):
+                return None
+            user, last_used = dict(user), entry.get("last_used")
+        now = time.time()
+        if last_used is None or now - last_used >= TOKEN_USED_RESOLUTION_SECONDS:
+            try:
+                self.store.commit(lambda state, refs: ([{"op": "token.used", "hash": digest, "at": now}], None))
+            except Exception:   # bookkeeping only: the request goes on
+                pass
+        return user
+
+    def tokens(self, name: str) -> list:
+        """[{id, created_at, last_used}] of a user's API tokens, oldest first."""
+        name = self.require(name)["name"]
+        with self.store.reading() as state:
+            found = [{"id": h[:TOKEN_ID_CHARS], "created_at": t["created_at"], "last_used": t.get("last_used")}
+                     for h, t in state.tokens.items() if t["user"] == name]
+        return sorted(found, key=lambda t: t["created_at"])
+
+    def revoke_token(self, name: str, token_id: str) -> str:
+        """Remove the user's token whose id (the listing's) is `token_id`; return the id."""
+        name = normalize_name(name)
+        token_id = (token_id or "").strip().lower()
+        if len(token_id) < TOKEN_ID_CHARS:
+            raise AccountError(f"a token id has {TOKEN_ID_CHARS} characters (see users token NAME --list)")
+
+        def build(state, _refs):
+            if name not in state.users:
+                raise NotFound(f"no such user: {name}")
+            matches = [h for h, t in state.tokens.items() if t["user"] == name and h.startswith(token_id)]
+            if not matches:
+                raise NotFound(f"{name} has no token {token_id}")
+            return [{"op": "token.del", "hash": h} for h in matches], token_id
+
+        return self.store.commit(build)
+
+    # ------------------------------------------------------------ invitations (MU_SIGNUP=invite)
+
+    def create_invite(self, by: str) -> str:
+        """A one-use sign-up code, valid INVITE_SECONDS."""
+        code = secrets.token_urlsafe(18)
+        record = {"op": "invite.add", "hash": _sha256(code), "by": normalize_name(by), "at": time.time(),
+                  "expires": time.time() + INVITE_SECONDS}
+        self.store.commit(lambda state, refs: ([record], None))
+        return code
+
+    def invites(self) -> list:
+        now = time.time()
+        with self.store.reading() as state:
+            return sorted((dict(v, id=k[:TOKEN_ID_CHARS]) for k, v in state.invites.items() if v["expires"] > now),
+                          key=lambda v: v["created_at"])
+
+    def invite_valid(self, code: str) -> bool:
+        if not code or len(code) > 100:
+            return False
+        with self.store.reading() as state:
+            entry = state.invites.get(_sha256(code))
+            return bool(entry and entry["expires"] > time.time())
+
+    def revoke_invite(self, invite_id: str) -> None:
+        def build(state, _refs):
+            matches = [h for h in state.invites if h.startswith(invite_id) and len(invite_id) >= TOKEN_ID_CHARS]
+            if not matches:
+                raise NotFound("no such invitation")
+            return [{"op": "invite.del", "hash": h} for h in matches], None
+        self.store.commit(build)
 
     # ------------------------------------------------------------ web sessions
 

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from . import safeio
+from . import runas, safeio, tls
 from .accounts import Accounts
 from .blocklist import Blocklist
 from .delivery.queue import DeliveryQueue
@@ -65,6 +65,8 @@ class App:
         self.message_limiter = RateLimiter(config.rate_messages_per_day, 86400)
         self.queue = DeliveryQueue(config, self.store, self.mailbox, self.resolver, self.signer, self.events)
         self.smtp_server = None
+        self.tls = None          # tls.ReloadingContext when MAIL_TLS_CERT/KEY are set
+        self.setup_code = None   # while no admin exists: the one-time code of the admin sign-up link
         self.started_at = time.time()
 
 
@@ -105,6 +107,19 @@ def _settle_heap() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _offer_admin_setup(app, host: str, port: int) -> None:
+    """With no admin yet, a web sign-up becomes one only through a one-time link that goes
+    to the operator's log, never to whoever finds the server first."""
+    if app.accounts.has_admin():
+        return
+    import secrets
+    app.setup_code = secrets.token_urlsafe(18)
+    shown = host if host and host not in ("0.0.0.0", "::") else "localhost"
+    shown = f"[{shown}]" if ":" in shown else shown
+    log("web", f"No admin yet: sign up as the admin at http://{shown}:{port}/signup?setup={app.setup_code} "
+               f"(or run: {runas.command_name()} users add NAME --admin)")
+
+
 def serve(config, host: str, port: int) -> int:
     import waitress
 
@@ -117,12 +132,20 @@ def serve(config, host: str, port: int) -> int:
     if _claim_home(config.home) is None:
         print(f"mu: error: another mu server is already running with MU_HOME={config.home}", file=sys.stderr)
         return 2
+    try:
+        # Asked for explicitly, so an unusable certificate stops start-up (docs: TLS).
+        app.tls = tls.ReloadingContext.for_config(config)
+    except tls.TLSSetupError as exc:
+        print(f"mu: error: {exc}", file=sys.stderr)
+        return 2
     _settle_heap()
     app.signer.log_status()
+    if app.tls:
+        log("tls", f"using {config.tls_cert}: {tls.describe(config.tls_cert)}")
     policy = ReceivePolicy(config, app.mailbox, app.blocklist, app.connection_limiter,
                            app.message_limiter, app.resolver, events=app.events)
     try:
-        app.smtp_server = SMTPServer(config, policy)
+        app.smtp_server = SMTPServer(config, policy, tls_context=app.tls)
     except OSError as exc:
         print(f"mu: error: cannot listen for SMTP on port {config.smtp_port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -138,7 +161,9 @@ def serve(config, host: str, port: int) -> int:
     try:
         web = waitress.create_server(wsgi, host=host or "0.0.0.0", port=port, threads=16, ident="mu",
                                      max_request_body_size=config.max_message_bytes * 3 + 1024 * 1024,
-                                     channel_timeout=60, connection_limit=500)
+                                     channel_timeout=60, connection_limit=500,
+                                     # mu.web.common.ProxyHeaders decides whom to believe (MU_TRUSTED_PROXY)
+                                     clear_untrusted_proxy_headers=False)
     except OSError as exc:
         print(f"mu: error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -149,13 +174,21 @@ def serve(config, host: str, port: int) -> int:
         raise SystemExit(0)
 
     def reload(signum, _frame):
-        count = len(app.blocklist.entries())
-        log("mail", f"reloaded: blocklist has {count} entries")
+        # Each part on its own: one that fails says why in a line and the others still reload.
+        try:
+            count = len(app.blocklist.entries())
+            log("mail", f"reloaded: blocklist has {count} entries")
+        except Exception as exc:
+            log("mail", f"blocklist not reloaded: {exc}")
+        if app.tls:
+            app.tls.reload("SIGHUP")
+        app.signer.log_status()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
     log("web", f"Listening on http://{host or '0.0.0.0'}:{bound_port}")
+    _offer_admin_setup(app, host, bound_port)
     try:
         web.run()
     except SystemExit:

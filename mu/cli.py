@@ -1,13 +1,16 @@
 """The command line: `--serve` and the `users`, `blocklist`, `dkim` and `doctor` commands.
 
-Every error is one line on stderr and exit status 2, with nothing written.
+Every error is one line on stderr and exit status 2, with nothing written. Run by root on a
+MU_HOME that belongs to another user, every command runs as that user (see `runas`).
 """
 
 import argparse
+import datetime
 import getpass
 import sys
 
 from . import config as config_mod
+from . import runas
 
 EXIT_USAGE = 2
 
@@ -24,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configuration is read from the environment: MU_HOME, MAIL_PORT, MAIL_DOMAIN, "
                "MAIL_SELECTOR, CREDIT_COST_EMAIL, MAIL_MAX_SIZE, ... (see README).")
     p.add_argument("--serve", action="store_true", help="run the web app, SMTP receiver and queue (default)")
-    p.add_argument("--address", default=":8080", metavar="HOST:PORT",
-                   help="web listen address (default :8080, all interfaces)")
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="web listen address (default MU_WEB_ADDRESS, else :8080: all interfaces)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     users = sub.add_parser("users", help="manage accounts").add_subparsers(dest="action", metavar="ACTION")
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--admin", action="store_true", help="make the account an admin")
     add.add_argument("--credits", type=_nonneg_int, default=0, metavar="N", help="starting credit balance")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    users.add_parser("list", help="one line per user: NAME ROLE CREDITS")
+    users.add_parser("list", help="one line per user: NAME ROLE CREDITS (and 'disabled' for a disabled account)")
     st = users.add_parser("set", help="change a user's role or credits")
     st.add_argument("name")
     role = st.add_mutually_exclusive_group()
@@ -45,8 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     dis = st.add_mutually_exclusive_group()
     dis.add_argument("--disable", dest="disabled", action="store_true", default=None)
     dis.add_argument("--enable", dest="disabled", action="store_false")
-    tok = users.add_parser("token", help="print a new API token for a user")
+    tok = users.add_parser("token", help="print a new API token for a user; --list and --revoke ID manage them")
     tok.add_argument("name")
+    tok_action = tok.add_mutually_exclusive_group()
+    tok_action.add_argument("--list", action="store_true",
+                            help="list the user's tokens: ID CREATED LAST-USED (never the tokens themselves)")
+    tok_action.add_argument("--revoke", metavar="ID", help="revoke the token with this id (from --list)")
+    pw = users.add_parser("passwd", help="set a new password (stdin when not a terminal, else a prompt)")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
 
     bl = sub.add_parser("blocklist", help="manage blocked senders").add_subparsers(dest="action", metavar="ACTION")
     bl.required = True
@@ -58,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     dk = sub.add_parser("dkim", help="DKIM signing").add_subparsers(dest="action", metavar="ACTION")
     dk.required = True
     dk.add_parser("status", help="say whether DKIM signing is on")
+    gen = dk.add_parser("generate", help="make MU_HOME/keys/dkim.key and dkim.pub and print the DNS record")
+    gen.add_argument("--selector", default=None, help="DKIM selector (default MAIL_SELECTOR)")
 
     sub.add_parser("doctor", help="check DNS records and ports for MAIL_DOMAIN")
     sub.add_parser("compact", help="fold the journal into the snapshot and give back deleted messages' "
@@ -89,7 +101,7 @@ def parse_address(text: str) -> tuple:
 
 
 def _read_password(args) -> str:
-    if args.password_stdin or not sys.stdin.isatty():
+    if getattr(args, "password_stdin", False) or not sys.stdin.isatty():
         line = sys.stdin.readline()
         return line.rstrip("\r\n")
     first = getpass.getpass("Password: ")
@@ -107,8 +119,14 @@ def main(argv=None) -> int:
         print(f"mu: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if args.command is None:
-            host, port = parse_address(args.address)
+        serving = args.command is None
+        try:
+            runas.drop_to_owner(cfg.home, serving=serving)
+            runas.check_home(cfg.home)
+        except runas.HomeError as exc:
+            raise CLIError(str(exc)) from None
+        if serving:
+            host, port = parse_address(args.address) if args.address is not None else cfg.web_address
             from .app import serve
             return serve(cfg, host, port)
         return run_command(cfg, args)
@@ -133,15 +151,25 @@ def run_command(cfg, args) -> int:
                 print(f"created {user['role']} {user['name']}")
             elif args.action == "list":
                 for user in accounts.all():
-                    print(f"{user['name']} {user['role']} {user['credits']}")
+                    print(f"{user['name']} {user['role']} {user['credits']}" + (" disabled" if user.get("disabled") else ""))
             elif args.action == "set":
                 if args.admin is None and args.credits is None and args.disabled is None:
                     raise CLIError("users set: nothing to change (use --admin, --no-admin, --credits N)")
                 role = None if args.admin is None else ("admin" if args.admin else "user")
                 user = accounts.update(args.name, role=role, credits=args.credits, disabled=args.disabled)
                 print(f"{user['name']} {user['role']} {user['credits']}")
+            elif args.action == "token" and args.list:
+                for token in accounts.tokens(args.name):
+                    print(f"{token['id']} {_when(token['created_at'])} {_when(token['last_used'])}")
+            elif args.action == "token" and args.revoke is not None:
+                print(f"revoked token {accounts.revoke_token(args.name, args.revoke)} of {accounts.require(args.name)['name']}")
             elif args.action == "token":
                 print(accounts.issue_token(args.name))
+            elif args.action == "passwd":
+                accounts.require(args.name)   # before asking for a password
+                user = accounts.set_password(args.name, _read_password(args),
+                                             min_password_chars=MIN_OPERATOR_PASSWORD_CHARS)
+                print(f"password changed for {user['name']}; their web sessions were ended")
         elif args.command == "blocklist":
             blocklist = Blocklist(_home(cfg))
             if args.action == "add":
@@ -151,6 +179,8 @@ def run_command(cfg, args) -> int:
             else:
                 for entry in blocklist.entries():
                     print(entry["value"])
+        elif args.command == "dkim" and args.action == "generate":
+            return _dkim_generate(cfg, args.selector or cfg.dkim_selector)
         elif args.command == "dkim":
             from .delivery.signer import Signer
             print(Signer(cfg).status_text())
@@ -164,6 +194,33 @@ def run_command(cfg, args) -> int:
                   f"{result['bytes_freed']} bytes freed")
     except (AccountError, BlocklistError) as exc:
         raise CLIError(str(exc)) from None
+    return 0
+
+
+def _when(ts) -> str:
+    """A time for listings: RFC 3339 in UTC, or `never`."""
+    if not ts:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dkim_generate(cfg, selector: str) -> int:
+    import os
+
+    from . import dkimkeys
+    if not selector or any(not (c.isalnum() or c in ".-_") for c in selector):
+        raise CLIError(f"--selector: expected letters, digits, '.', '-' or '_', got {selector!r}")
+    try:
+        key_path, pub_path = dkimkeys.generate(os.path.join(cfg.home, "keys"))
+    except dkimkeys.DKIMKeyError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"DKIM key written to {key_path} (public key: {pub_path})")
+    print()
+    print("Publish this DNS TXT record:")
+    print()
+    print(dkimkeys.txt_record(selector, cfg.domain, dkimkeys.public_key_text(pub_path)))
+    print()
+    print(f"Then run mu with MAIL_DOMAIN={cfg.domain} MAIL_SELECTOR={selector}")
     return 0
 
 

@@ -4,6 +4,7 @@ Every limit and timeout has its unit in its name or help text. The table is the
 single source of truth: README/docs list the same names, and a test keeps them in step.
 """
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
@@ -54,9 +55,24 @@ def _host_port(text: str) -> tuple:
 
 
 def _domain(text: str) -> str:
+    """A host name: dot-separated labels of 1-63 octets, 253 in all (RFC 1035 §2.3.4);
+    an ASCII label is letters, digits and inner hyphens (RFC 1123 §2.1), a non-ASCII one
+    must have an IDNA form."""
     value = text.strip().lower().rstrip(".")
     if not value or any(c.isspace() for c in value) or "@" in value:
         raise ValueError(f"expected a domain name, got {text!r}")
+    for label in value.split("."):
+        try:
+            ascii_label = label.encode("idna").decode("ascii") if not label.isascii() else label
+        except UnicodeError:
+            raise ValueError(f"expected a domain name, got {text!r} (label {label!r} has no IDNA form)") from None
+        if not 1 <= len(ascii_label) <= 63:
+            raise ValueError(f"expected a domain name, got {text!r} (empty or over-long label)")
+        if ascii_label.startswith("-") or ascii_label.endswith("-") or \
+                not all(c.isalnum() or c == "-" for c in ascii_label) or not ascii_label.isascii():
+            raise ValueError(f"expected a domain name, got {text!r} (bad label {label!r})")
+    if len(value.encode("idna") if not value.isascii() else value) > 253:
+        raise ValueError(f"expected a domain name of at most 253 characters, got {len(value)}")
     return value
 
 
@@ -81,13 +97,70 @@ def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def _home(text: str) -> str:
+    # An empty MU_HOME would make the current folder the data folder (and chmod it 0700).
+    if not text.strip():
+        raise ValueError("must not be empty (unset it to use ~/.mu)")
+    return _path(text.strip())
+
+
+def _ip_list(text: str) -> tuple:
+    """Comma-separated IP addresses, canonical form."""
+    found = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            found.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise ValueError(f"expected comma-separated IP addresses, got {part!r}") from None
+    return tuple(found)
+
+
+def _networks(text: str) -> tuple:
+    """Comma-separated IP addresses or networks (`10.0.0.0/8`)."""
+    found = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            found.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"expected comma-separated IP addresses or networks, got {part!r}") from None
+    return tuple(found)
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+    return parse
+
+
+def _web_address(text: str) -> tuple:
+    """`HOST:PORT` or `:PORT` (all interfaces) -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host, port = "", text.strip()
+    return host.strip("[]"), _int(0, 65535)(port)
+
+
+def _mx_probe(text: str) -> tuple:
+    """`HOST` or `HOST:PORT` -> (host, port or None: MAIL_OUTBOUND_PORT)."""
+    value = text.strip()
+    if value.count(":") == 1 or value.startswith("["):
+        host, port = _host_port(value)
+        return host, port
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"expected a host name or address, got {text!r}")
+    return value.strip("[]"), None
+
+
 def _optional_path(text: str) -> Optional[str]:
     return _path(text) if text.strip() else None
 
 
 # (environment variable, attribute, default text, parser, help)
 SETTINGS = [
-    ("MU_HOME", "home", "~/.mu", _path, "data folder (created 0700); everything mu writes lives here"),
+    ("MU_HOME", "home", "~/.mu", _home, "data folder (created 0700); everything mu writes lives here"),
     ("MAIL_PORT", "smtp_port", "2525", _port, "SMTP receive port (25 in production); `2525` or `:2525`"),
     ("MAIL_DOMAIN", "domain", "localhost", _domain, "the domain of local addresses (alice@MAIL_DOMAIN)"),
     ("MAIL_SELECTOR", "dkim_selector", "default", _word, "DKIM selector (the DNS name SELECTOR._domainkey)"),
@@ -113,6 +186,23 @@ SETTINGS = [
      "first outbound retry delay, seconds; later ones grow 5x, 15x, 30x, 60x, 120x, 240x of it"),
     ("MU_CPUS", "cpus", "1", _cpus,
      "CPU cores the server's threads may run on, or `all`; one is fastest for CPython's threads (see docs)"),
+    # Operating mu: the web front, accounts, certificates, self-checks.
+    ("MU_WEB_ADDRESS", "web_address", ":8080", _web_address,
+     "web listen address, `HOST:PORT` (`:8080` is all interfaces); `--address` overrides it"),
+    ("MU_TRUSTED_PROXY", "trusted_proxies", "", _networks,
+     "comma-separated addresses (or networks) of a TLS-terminating reverse proxy whose X-Forwarded-Proto/-For are honoured"),
+    ("MU_SIGNUP", "signup", "open", _choice("open", "invite", "closed"),
+     "who may sign up on the web: `open`, `invite` (with a link from /admin/users) or `closed` (only `users add`)"),
+    ("MU_SIGNUPS_PER_HOUR", "signups_per_hour_per_address", "10", _int(1),
+     "web sign-up attempts per hour per client address"),
+    ("MU_LOGIN_FAILURES_PER_ADDRESS", "login_failures_per_address", "50", _int(1),
+     "failed web logins from one client address (any accounts) before it is refused for 15 minutes"),
+    ("MU_ACME_WEBROOT", "acme_webroot", "", _optional_path,
+     "folder `certbot --webroot -w` writes to; mu serves its /.well-known/acme-challenge/ files"),
+    ("MAIL_PUBLIC_IP", "public_ips", "", _ip_list,
+     "comma-separated public addresses of this host (behind NAT), for `doctor`'s A and PTR checks"),
+    ("MU_DOCTOR_MX", "doctor_mx", "gmail-smtp-in.l.google.com", _mx_probe,
+     "the MX host (`HOST` or `HOST:PORT`) `doctor` connects to, to see whether outbound port 25 is open"),
 ]
 
 
@@ -141,6 +231,14 @@ class Config:
     queue_workers: int
     retry_base_seconds: float
     cpus: int
+    web_address: tuple
+    trusted_proxies: tuple
+    signup: str
+    signups_per_hour_per_address: int
+    login_failures_per_address: int
+    acme_webroot: Optional[str]
+    public_ips: tuple
+    doctor_mx: tuple
 
     @property
     def dkim_key_path(self) -> str:

@@ -295,6 +295,8 @@ class Mailbox:
         limit = max(1, min(int(limit), MAX_PAGE))
         with self.store.reading() as state:
             ids = state.folders.get((user, folder), [])
+            if before and state.messages.get(before, {}).get("boxes", {}).get(user, {}).get("folder") != folder:
+                raise MailError(f"before: no message {before} in {folder}")
             end = bisect.bisect_left(ids, before) if before else len(ids)
             msgs = [state.messages[i] for i in reversed(ids[max(0, end - limit):end])]
             page = [self.view(m, user, with_body=False) for m in msgs]
@@ -360,13 +362,14 @@ class Mailbox:
             return [{"op": "box.del", "id": msg_id, "user": user}], None
         self.store.commit(build)
 
-    def search(self, user: str, query: str, limit: int = DEFAULT_PAGE, with_body: bool = False) -> list:
+    def search(self, user: str, query: str, limit: int = DEFAULT_PAGE, with_body: bool = False,
+               folders=("inbox", "sent")) -> list:
         needle = (query or "").strip().lower()
         if not needle:
             return []
         results = []
         with self.store.reading() as state:
-            candidates = sorted({i for f in ("inbox", "sent") for i in state.folders.get((user, f), [])},
+            candidates = sorted({i for f in folders for i in state.folders.get((user, f), [])},
                                 reverse=True)
             candidates = [dict(state.messages[i]) for i in candidates]
         for msg in candidates:

@@ -15,7 +15,8 @@ BLOB_FIELDS = ("raw_blob", "body_blob", "html_blob")   # message fields that hol
 class State:
     def __init__(self):
         self.users = {}      # name -> {name, role, credits, pw, created_at, disabled, display_name}
-        self.tokens = {}     # sha256(token) -> {user, created_at}
+        self.tokens = {}     # sha256(token) -> {user, created_at, last_used?}
+        self.invites = {}    # sha256(invitation code) -> {by, created_at, expires}
         self.sessions = {}   # sha256(session id) -> {user, csrf, expires}
         self.messages = {}   # id -> message (with "boxes": {user: {"folder", "read"}})
         self.queue = {}      # queue id -> outbound delivery entry
@@ -31,6 +32,7 @@ class State:
         return {
             "users": self.users,
             "tokens": self.tokens,
+            "invites": {k: v for k, v in self.invites.items() if v.get("expires", 0) > now},
             "sessions": {k: v for k, v in self.sessions.items() if v.get("expires", 0) > now},
             "messages": {k: m for k, m in self.messages.items()
                          if m["boxes"] or any(q["msg"] == k for q in self.queue.values())},
@@ -42,6 +44,7 @@ class State:
         state = cls()
         state.users = data.get("users", {})
         state.tokens = data.get("tokens", {})
+        state.invites = data.get("invites", {})
         state.sessions = data.get("sessions", {})
         state.queue = data.get("queue", {})
         for msg_id in sorted(data.get("messages", {})):
@@ -105,6 +108,24 @@ class State:
 
     def _op_token_add(self, r):
         self.tokens[r["hash"]] = {"user": r["user"], "created_at": r["at"]}
+
+    def _op_token_used(self, r):
+        if r["hash"] in self.tokens:
+            self.tokens[r["hash"]]["last_used"] = r["at"]
+
+    def _op_token_del(self, r):
+        self.tokens.pop(r["hash"], None)
+
+    def _op_user_sessions_del(self, r):
+        """Every session of a user but `keep` (a password change signs out everywhere else)."""
+        for key in [k for k, v in self.sessions.items() if v["user"] == r["user"] and k != r.get("keep")]:
+            del self.sessions[key]
+
+    def _op_invite_add(self, r):
+        self.invites[r["hash"]] = {"by": r["by"], "created_at": r["at"], "expires": r["expires"]}
+
+    def _op_invite_del(self, r):
+        self.invites.pop(r["hash"], None)
 
     def _op_session_add(self, r):
         self.sessions[r["hash"]] = {"user": r["user"], "csrf": r["csrf"], "expires": r["expires"]}

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Generate the DKIM key pair mu signs outbound mail with, and print the DNS record to publish.
 #   usage: ./scripts/generate-dkim-keys.sh DOMAIN [SELECTOR]
-# Writes $MU_HOME/keys/dkim.key (0600) and dkim.pub; MU_HOME defaults to ~/.mu.
+# Writes $MU_HOME/keys/dkim.key (0600) and dkim.pub by running `mu dkim generate` with
+# MAIL_DOMAIN=DOMAIN: run by root on an installed server, the files belong to the owner of
+# MU_HOME (the user the server runs as), and MU_HOME comes from /etc/mu/mu.env when unset.
 set -eu
 
 if [ $# -lt 1 ] || [ $# -gt 2 ] || [ -z "$1" ]; then
@@ -11,32 +13,16 @@ fi
 domain=$1
 selector=${2:-${MAIL_SELECTOR:-default}}
 case "$domain$selector" in
-  *[!A-Za-z0-9.-]*) echo "$0: invalid domain or selector" >&2; exit 2 ;;
+  *[!A-Za-z0-9._-]*) echo "$0: invalid domain or selector" >&2; exit 2 ;;
 esac
-command -v openssl >/dev/null 2>&1 || { echo "$0: openssl is required" >&2; exit 1; }
 
-home=${MU_HOME:-$HOME/.mu}
-keys=$home/keys
-umask 077
-mkdir -p "$keys"
-chmod 700 "$home" "$keys"
-
-if [ -e "$keys/dkim.key" ]; then
-  echo "$0: $keys/dkim.key already exists; move it away first to make a new key" >&2
+here=$(dirname "$(readlink -f "$0")")
+if [ -x "$here/../mu" ] && [ ! -d "$here/../mu" ]; then
+  mu=$here/../mu            # installed: /opt/mu/scripts/.. is /opt/mu, the mu command
+elif [ -f "$here/../mu.py" ]; then
+  mu=$here/../mu.py         # a clone: mu.py runs itself in .venv
+else
+  echo "$0: cannot find mu next to this script" >&2
   exit 1
 fi
-tmp=$keys/.dkim.key.tmp.$$
-openssl genrsa -out "$tmp" 2048 2>/dev/null
-chmod 600 "$tmp"
-openssl rsa -in "$tmp" -pubout -out "$keys/dkim.pub" 2>/dev/null
-chmod 600 "$keys/dkim.pub"
-mv "$tmp" "$keys/dkim.key"
-
-pub=$(grep -v -- "-----" "$keys/dkim.pub" | tr -d '\n')
-echo "DKIM key written to $keys/dkim.key (public key: $keys/dkim.pub)"
-echo
-echo "Publish this DNS TXT record:"
-echo
-echo "$selector._domainkey.$domain. IN TXT \"v=DKIM1; k=rsa; p=$pub\""
-echo
-echo "Then run mu with MAIL_DOMAIN=$domain MAIL_SELECTOR=$selector"
+MAIL_DOMAIN=$domain MAIL_SELECTOR=$selector exec "$mu" dkim generate --selector "$selector"

@@ -77,9 +77,11 @@ class FakeDNS:
             s.start_thread()
 
     def add(self, name: str, qtype: str, value):
-        from dnslib import A, AAAA, MX, TXT
+        from dnslib import A, AAAA, MX, PTR, TXT
         name = name.lower().rstrip(".") + "."
-        if qtype == "A":
+        if qtype == "PTR":
+            rd = PTR(value.rstrip(".") + ".")
+        elif qtype == "A":
             rd = A(value)
         elif qtype == "AAAA":
             rd = AAAA(value)
@@ -289,7 +291,9 @@ def capture():
 @pytest.fixture(scope="session")
 def mu_env(dns, capture):
     return {"MAIL_DNS_SERVER": f"127.0.0.1:{dns.port}", "MAIL_OUTBOUND_PORT": str(capture.port),
-            "MAIL_DNS_TIMEOUT": "2", "MAIL_RETRY_BASE_SECONDS": "0.3", "MAIL_OUTBOUND_TIMEOUT": "3"}
+            "MAIL_DNS_TIMEOUT": "2", "MAIL_RETRY_BASE_SECONDS": "0.3", "MAIL_OUTBOUND_TIMEOUT": "3",
+            # doctor's outbound probe: the capture MX, never a real provider's
+            "MU_DOCTOR_MX": "127.0.0.1", "MU_SIGNUPS_PER_HOUR": "1000"}
 
 
 @pytest.fixture(scope="module")

@@ -34,3 +34,35 @@
 % end
 </tbody>
 </table>
+<h2>Invitations</h2>
+<p class="hint">Sign-up on this server is <strong>{{signup}}</strong> (<code>MU_SIGNUP</code>).
+% if signup == 'invite':
+An invitation link lets one person sign up, within 7 days.
+% elif signup == 'open':
+Anyone may sign up; invitation links work too.
+% else:
+Only <code>users add</code> makes accounts; invitation links do not work while sign-up is closed.
+% end
+</p>
+% if get('new_invite'):
+<p class="invite-link"><label for="invite-link">Invitation link</label>
+<input id="invite-link" type="text" readonly value="{{new_invite}}" size="70"></p>
+% end
+<form method="post" action="/admin/invites" class="inline">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  <button type="submit" class="primary">Make invitation link</button>
+</form>
+% if invites:
+<table class="list">
+<thead><tr><th>Invitation</th><th>Made by</th><th>Made</th><th>Expires</th><th></th></tr></thead>
+<tbody>
+% for inv in invites:
+<tr><td><code>{{inv['id']}}</code></td><td>{{inv['by']}}</td><td>{{when(inv['created_at'])}}</td><td>{{when(inv['expires'])}}</td>
+<td><form method="post" action="/admin/invites/{{inv['id']}}/revoke" class="inline">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  <button type="submit" class="danger" aria-label="Revoke invitation {{inv['id']}}">Revoke</button>
+</form></td></tr>
+% end
+</tbody>
+</table>
+% end

@@ -25,7 +25,7 @@
   </form>
   <form method="post" action="/logout" class="logout">
     <input type="hidden" name="csrf" value="{{csrf}}">
-    <span class="whoami">{{user['name']}} · <span id="credits">{{user['credits']}}</span> credits</span>
+    <span class="whoami"><a href="/settings">{{user['name']}}</a> · <span id="credits">{{user['credits']}}</span> credits</span>
     <button type="submit" class="link">Log out</button>
   </form>
   % end

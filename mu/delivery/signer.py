@@ -2,6 +2,7 @@
 
 import os
 
+from .. import dkimkeys
 from ..auth import dkim as dkim_auth
 from ..log import log
 
@@ -14,18 +15,18 @@ class Signer:
         self.selector = config.dkim_selector
         self._key = None
         self._stamp = None
+        self._why_off = ""
 
     def _load(self):
         try:
             st = os.stat(self.key_path)
         except OSError:
             self._key, self._stamp = None, None
+            self._why_off = dkimkeys.read_private_key(self.key_path)[1]   # missing, or a folder we cannot enter
             return None
-        stamp = (st.st_ino, st.st_mtime_ns)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)   # ctime: chmod and chown too
         if stamp != self._stamp:
-            with open(self.key_path, "rb") as f:
-                key = f.read()
-            self._key = key if b"PRIVATE KEY" in key else None
+            self._key, self._why_off = dkimkeys.read_private_key(self.key_path)
             self._stamp = stamp
         return self._key
 
@@ -36,7 +37,7 @@ class Signer:
     def status_text(self) -> str:
         if self.enabled:
             return f"DKIM signing enabled for domain {self.domain} with selector {self.selector}"
-        return f"DKIM signing disabled: DKIM private key not found at {self.key_path}"
+        return f"DKIM signing disabled: {self._why_off}"
 
     def log_status(self) -> None:
         if self.enabled:

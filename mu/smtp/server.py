@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 
+from .. import tls
 from ..log import log
 from . import replies as R
 from .session import Session
@@ -237,14 +238,10 @@ class SMTPServer(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, config, policy, host: str = "", port: int = None):
+    def __init__(self, config, policy, host: str = "", port: int = None, tls_context=None):
         self.config = config
         self.policy = policy
-        self.tls_context = None
-        if config.tls_enabled:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(config.tls_cert, config.tls_key)
-            self.tls_context = ctx
+        self.tls_context = tls_context or tls.ReloadingContext.for_config(config)   # reloads itself
         self._slots = threading.BoundedSemaphore(config.max_smtp_connections)
         self._active = 0
         self._active_changed = threading.Condition()

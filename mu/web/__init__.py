@@ -5,7 +5,7 @@ import os
 
 import bottle
 
-from . import admin, api, auth, common, pages
+from . import admin, api, auth, common, pages, settings
 
 VIEWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "views")
 
@@ -39,6 +39,7 @@ def make_web_app(app):
     common.install(web, app)
     auth.install(web, app)
     pages.install(web, app)
+    settings.install(web, app)
     admin.install(web, app)
     api.install(web, app)
 
@@ -48,4 +49,13 @@ def make_web_app(app):
         response.set_header("Cache-Control", "public, max-age=3600")
         return response
 
-    return common.SecurityHeaders(web)
+    @web.get("/.well-known/acme-challenge/<token>")
+    def acme_challenge(token):
+        # certbot --webroot: the HTTP-01 token file it wrote under MU_ACME_WEBROOT (RFC 8555 §8.3).
+        root = app.config.acme_webroot
+        if not root or not token or len(token) > 256 or not all(c.isalnum() or c in "-_" for c in token):
+            raise bottle.HTTPError(404, "Not found")
+        return bottle.static_file(token, root=os.path.join(root, ".well-known", "acme-challenge"),
+                                  mimetype="text/plain")
+
+    return common.ProxyHeaders(common.SecurityHeaders(web), app.config.trusted_proxies)

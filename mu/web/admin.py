@@ -8,6 +8,7 @@ from bottle import request, response
 from ..accounts import AccountError
 from ..blocklist import BlocklistError
 from .common import check_csrf, render, require_admin
+from .settings import when
 
 
 def install(web, app):
@@ -42,10 +43,34 @@ def install(web, app):
             return render("admin_blocklist", entries=app.blocklist.entries(), error=str(exc))
         bottle.redirect("/admin/blocklist?flash=" + urllib.parse.quote(flash))
 
+    def users_view(status: int = 200, **values):
+        response.status = status
+        return render("admin_users", users=app.accounts.all(), invites=app.accounts.invites(),
+                      signup=app.config.signup, when=when, **values)
+
     @web.get("/admin/users")
     def users_page():
         require_admin()
-        return render("admin_users", users=app.accounts.all())
+        return users_view()
+
+    @web.post("/admin/invites")
+    def invite_create():
+        me = require_admin()
+        check_csrf()
+        code = app.accounts.create_invite(me["name"])
+        scheme, host = request.urlparts.scheme, request.urlparts.netloc
+        link = f"{scheme}://{host}/signup?invite={urllib.parse.quote(code)}"
+        return users_view(new_invite=link, flash="Invitation made: send this link to the person (it works once)")
+
+    @web.post("/admin/invites/<invite_id>/revoke")
+    def invite_revoke(invite_id):
+        require_admin()
+        check_csrf()
+        try:
+            app.accounts.revoke_invite(invite_id)
+        except AccountError as exc:
+            return users_view(404, error=str(exc))
+        bottle.redirect("/admin/users?flash=Invitation+revoked")
 
     @web.post("/admin/users/<name>")
     def users_change(name):
@@ -71,8 +96,7 @@ def install(web, app):
             else:
                 raise AccountError("unknown action")
         except (AccountError, ValueError) as exc:
-            response.status = 400
-            return render("admin_users", users=app.accounts.all(), error=str(exc))
+            return users_view(400, error=str(exc))
         bottle.redirect("/admin/users")
 
     @web.get("/admin/mail")

@@ -59,8 +59,8 @@ def install(web, app):
         q = request.query.getunicode("q", "")
         try:
             if q:
-                messages = mailbox.search(user["name"], q, limit=limit, with_body=True)
-                _, unread = mailbox.list(user["name"], folder, limit=1)
+                _, unread = mailbox.list(user["name"], folder, limit=1)   # also checks the folder name
+                messages = mailbox.search(user["name"], q, limit=limit, with_body=True, folders=(folder,))
             else:
                 messages, unread = mailbox.list(user["name"], folder, limit=limit,
                                                 before=request.query.get("before") or None, with_body=True)

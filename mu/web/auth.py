@@ -1,50 +1,101 @@
-"""Sign-up, login (throttled) and logout pages, and the session cookie."""
+"""Sign-up (open, by invitation or closed), login and logout, throttled per account and per
+client address, and the session cookie."""
 
+import collections
+import ipaddress
 import threading
 import time
 
 import bottle
 from bottle import request, response
 
-from ..accounts import AccountError
+from ..accounts import MAX_USERNAME_CHARS, AccountError, InviteInvalid
 from ..log import log
-from .common import PRESESSION_CSRF_COOKIE, SESSION_COOKIE, check_csrf, current, render
+from .common import PRESESSION_CSRF_COOKIE, SESSION_COOKIE, check_csrf, client_address, current, is_https, render
 
-MAX_LOGIN_FAILURES = 10           # consecutive failures for one account before it is locked
+MAX_LOGIN_FAILURES = 10           # failures in a row for one account before it is locked
 LOGIN_LOCK_SECONDS = 15 * 60
+SIGNUP_WINDOW_SECONDS = 3600
+# A login or sign-up form is a username (32), a password (1024), a token or two and their
+# percent-encoding: anything larger is refused before it is read, let alone parsed.
+MAX_ACCOUNT_FORM_BYTES = 16 * 1024
+# Every throttle forgets its least recently touched key past this many, so a flood of
+# names or addresses costs bounded memory (and never wipes the table at once).
+THROTTLE_MAX_KEYS = 50_000
 
 
-class LoginThrottle:
-    """Counts consecutive failed logins per account name; refuses while locked."""
+class Throttle:
+    """At most `limit` events per key in `window_seconds`; at the limit the key is refused
+    for a whole window from the event that reached it. Bounded to `max_keys` keys."""
 
-    def __init__(self):
-        self._failures = {}
+    def __init__(self, limit: int, window_seconds: float, max_keys: int = THROTTLE_MAX_KEYS, clock=time.monotonic):
+        self.limit, self.window_seconds, self.max_keys, self.clock = limit, window_seconds, max_keys, clock
+        self._entries = collections.OrderedDict()   # key -> [count, window start]
         self._lock = threading.Lock()
 
-    def locked(self, name: str) -> bool:
+    def refused(self, key: str) -> bool:
         with self._lock:
-            count, until = self._failures.get(name, (0, 0))
-            if until and until < time.time():
-                self._failures.pop(name, None)
+            entry = self._entries.get(key)
+            if entry is None:
                 return False
-            return count >= MAX_LOGIN_FAILURES
+            if self.clock() - entry[1] >= self.window_seconds:
+                del self._entries[key]
+                return False
+            return entry[0] >= self.limit
 
-    def failed(self, name: str) -> None:
+    def count(self, key: str) -> None:
+        now = self.clock()
         with self._lock:
-            count, _ = self._failures.get(name, (0, 0))
-            count += 1
-            self._failures[name] = (count, time.time() + LOGIN_LOCK_SECONDS if count >= MAX_LOGIN_FAILURES else 0)
-            if len(self._failures) > 100000:
-                self._failures.clear()
+            entry = self._entries.get(key)
+            if entry is None or now - entry[1] >= self.window_seconds:
+                entry = self._entries[key] = [0, now]
+            entry[0] += 1
+            if entry[0] == self.limit:
+                entry[1] = now   # locked for a whole window from here
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_keys:
+                self._entries.popitem(last=False)
 
-    def succeeded(self, name: str) -> None:
+    def forget(self, key: str) -> None:
         with self._lock:
-            self._failures.pop(name, None)
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def address_key(address: str) -> str:
+    """The throttles' key for a client: its IPv4 address, or its IPv6 /64 (one customer's
+    network hands out any address inside it)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _safe_next(target: str) -> str:
-    # Only same-site paths: never an open redirect.
-    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/mail"
+    """Only a path on this site: never an open redirect. Browsers drop tabs and newlines
+    from URLs (WHATWG URL parsing), so `/\\t/evil.test` would become `//evil.test`."""
+    target = target or ""
+    if any(c in target for c in "\\\t\r\n") or any(ord(c) < 0x20 or ord(c) == 0x7f for c in target):
+        return "/mail"
+    if not target.startswith("/") or target.startswith("//"):
+        return "/mail"
+    return target
+
+
+def refuse_large_form() -> None:
+    """413 for a login/sign-up body larger than any real one (its length as declared, or as
+    read when it is chunked), before anything parses it."""
+    declared = request.content_length
+    if declared > MAX_ACCOUNT_FORM_BYTES or (declared < 0 and
+                                             len(request.body.read(MAX_ACCOUNT_FORM_BYTES + 1)) > MAX_ACCOUNT_FORM_BYTES):
+        raise bottle.HTTPError(413, "This form is far larger than a username and password can be.")
 
 
 def start_session(app, name: str) -> None:
@@ -52,35 +103,74 @@ def start_session(app, name: str) -> None:
     if old:
         app.accounts.end_session(old)
     sid, _csrf = app.accounts.new_session(name)   # a fresh id at every login (no fixation)
-    secure = request.urlparts.scheme == "https"
-    response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="lax", path="/", secure=secure,
+    response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="lax", path="/", secure=is_https(),
                         max_age=30 * 24 * 3600)
     response.delete_cookie(PRESESSION_CSRF_COOKIE, path="/")
 
 
 def install(web, app):
-    throttle = LoginThrottle()
-    web.config["mu.login_throttle"] = throttle
+    config = app.config
+    by_account = Throttle(MAX_LOGIN_FAILURES, LOGIN_LOCK_SECONDS)
+    by_address = Throttle(config.login_failures_per_address, LOGIN_LOCK_SECONDS)
+    signups = Throttle(config.signups_per_hour_per_address, SIGNUP_WINDOW_SECONDS)
+    web.config["mu.login_throttle"] = (by_account, by_address)
+    web.config["mu.signup_throttle"] = signups
 
     @web.get("/")
     def home():
         bottle.redirect("/mail" if current()[0] else "/login")
 
+    def signup_mode() -> tuple:
+        """(may this request sign up, becomes admin, the reason when not)."""
+        setup = request.params.get("setup", "")
+        if app.setup_code and setup:
+            import secrets
+            if secrets.compare_digest(setup, app.setup_code) and not app.accounts.has_admin():
+                return True, True, ""
+            return False, False, "This admin set-up link is no longer valid: an admin exists, or the server restarted."
+        if config.signup == "closed":
+            return False, False, "Sign-up is closed on this server. Ask an admin for an account."
+        if config.signup == "invite" and not app.accounts.invite_valid(request.params.get("invite", "")):
+            return False, False, ("Sign-up on this server is by invitation only. Ask an admin for an "
+                                  "invitation link (or the link you have was used, revoked or expired).")
+        return True, False, ""
+
+    def signup_page(status: int = 200, **values):
+        response.status = status
+        values.setdefault("name", "")
+        return render("signup", invite=request.params.get("invite", "")[:100],
+                      setup=request.params.get("setup", "")[:100], **values)
+
     @web.get("/signup")
     def signup_form():
-        return render("signup", name="")
+        allowed, as_admin, why = signup_mode()
+        if not allowed:
+            return signup_page(403, closed=True, error=why)
+        return signup_page(as_admin=as_admin)
 
     @web.post("/signup")
     def signup():
+        refuse_large_form()
         check_csrf()
-        name = request.forms.getunicode("username", "") or ""
+        allowed, as_admin, why = signup_mode()
+        if not allowed:
+            return signup_page(403, closed=True, error=why)
+        client = address_key(client_address())
+        if signups.refused(client):
+            return signup_page(429, error="Too many sign-ups from your network. Try again in an hour.")
+        signups.count(client)
+        name = (request.forms.getunicode("username", "") or "")[:MAX_USERNAME_CHARS + 1]
         password = request.forms.getunicode("password", "") or ""
+        invite = request.forms.get("invite") if config.signup == "invite" and not as_admin else None
         try:
-            user = app.accounts.create(name, password, admin_if_first=True)
+            user = app.accounts.create(name, password, admin_if_first=as_admin, invite=invite)
+        except InviteInvalid as exc:
+            return signup_page(403, closed=True, error=str(exc))
         except AccountError as exc:
-            response.status = 400
-            return render("signup", name=name, error=str(exc))
-        log("web", f"new account {user['name']} ({user['role']})")
+            return signup_page(400, name=name, error=str(exc), as_admin=as_admin)
+        if as_admin:
+            app.setup_code = None
+        log("web", f"new account {user['name']} ({user['role']}) from {client_address()}")
         start_session(app, user["name"])
         bottle.redirect("/mail")
 
@@ -90,33 +180,47 @@ def install(web, app):
 
     @web.post("/login")
     def login():
+        refuse_large_form()
         check_csrf()
         name = (request.forms.getunicode("username", "") or "").strip().lower()
         password = request.forms.getunicode("password", "") or ""
         target = _safe_next(request.forms.get("next", "/mail"))
-        if throttle.locked(name):
+        client = address_key(client_address())
+        if by_address.refused(client):
+            response.status = 429
+            return render("login", name="", next=target,
+                          error="Too many failed logins from your network. Try again in 15 minutes.")
+        if len(name) > MAX_USERNAME_CHARS:   # names nobody: nothing to remember it by
+            by_address.count(client)
+            response.status = 401
+            return render("login", name="", next=target, error="Wrong username or password.")
+        if by_account.refused(name):
             response.status = 429
             return render("login", name=name, next=target,
                           error="Too many failed attempts for this account. Try again in 15 minutes.")
         user = app.accounts.authenticate(name, password)
         if user is None:
-            throttle.failed(name)
+            by_account.count(name)
+            by_address.count(client)
             response.status = 401
             return render("login", name=name, next=target, error="Wrong username or password.")
-        throttle.succeeded(name)
+        by_account.forget(name)
         start_session(app, user["name"])
         bottle.redirect(target)
 
+    @web.get("/logout")
+    def logout_page():
+        # Logging out changes state, so only a POST with the CSRF token does it (a link or an
+        # image on another site could otherwise sign anyone out).
+        if current()[0] is None:
+            bottle.redirect("/login")
+        return render("logout")
+
+    @web.post("/logout")
     def logout():
+        check_csrf()
         sid = request.get_cookie(SESSION_COOKIE)
         if sid:
             app.accounts.end_session(sid)
         response.delete_cookie(SESSION_COOKIE, path="/")
         bottle.redirect("/login")
-
-    web.get("/logout", callback=logout)
-
-    @web.post("/logout")
-    def logout_post():
-        check_csrf()
-        logout()

@@ -1,5 +1,7 @@
-"""What every request shares: the signed-in user, CSRF checks, JSON errors, security headers."""
+"""What every request shares: the signed-in user, CSRF checks, JSON errors, security headers,
+and which proxy headers to believe."""
 
+import ipaddress
 import json
 import secrets
 import urllib.parse
@@ -13,6 +15,63 @@ PRESESSION_CSRF_COOKIE = "mu_csrf"
 # Pages may run only our own script and show only our own resources.
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "frame-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'self'")
+
+
+# Headers a client could send to claim another scheme, host or address; Bottle would believe
+# them (request.url, request.remote_addr), so they are removed unless a trusted proxy set them.
+_FORWARDED_KEYS = ("HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST",
+                   "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_SSL", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
+
+
+def _ip(text: str):
+    try:
+        ip = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
+class ProxyHeaders:
+    """WSGI middleware: MU_TRUSTED_PROXY. A request from a trusted proxy takes its scheme
+    from X-Forwarded-Proto and its client address from X-Forwarded-For (the right-most
+    address that is not itself a trusted proxy: the proxies append, a client can only
+    prepend); from anyone else these headers are dropped."""
+
+    def __init__(self, wsgi, trusted_networks):
+        self.wsgi = wsgi
+        self.trusted = tuple(trusted_networks)
+
+    def _is_trusted(self, ip) -> bool:
+        return ip is not None and any(ip.version == net.version and ip in net for net in self.trusted)
+
+    def __call__(self, environ, start_response):
+        sent = {key: environ.pop(key) for key in _FORWARDED_KEYS if key in environ}
+        peer = environ.get("REMOTE_ADDR", "")
+        environ["mu.peer_addr"] = peer
+        if self.trusted and self._is_trusted(_ip(peer)):
+            proto = sent.get("HTTP_X_FORWARDED_PROTO", "").split(",")[-1].strip().lower()
+            if proto in ("http", "https"):
+                environ["wsgi.url_scheme"] = proto
+            client = None
+            for hop in reversed(sent.get("HTTP_X_FORWARDED_FOR", "").split(",")):
+                ip = _ip(hop)
+                if ip is None:
+                    break
+                client = ip
+                if not self._is_trusted(ip):
+                    break
+            if client is not None:
+                environ["REMOTE_ADDR"] = str(client)
+        return self.wsgi(environ, start_response)
+
+
+def client_address() -> str:
+    """The client's address: the peer's, or what a trusted proxy says it is."""
+    return request.environ.get("REMOTE_ADDR", "")
+
+
+def is_https() -> bool:
+    return request.environ.get("wsgi.url_scheme") == "https"
 
 
 class SecurityHeaders:
@@ -101,7 +160,8 @@ def csrf_token() -> str:
     if not token:
         token = secrets.token_urlsafe(24)
         request.environ["mu.presession_csrf"] = token
-        response.set_cookie(PRESESSION_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/")
+        response.set_cookie(PRESESSION_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/",
+                            secure=is_https())
     return token
 
 
@@ -129,6 +189,7 @@ def install(web, app):
     @web.error(403)
     @web.error(404)
     @web.error(405)
+    @web.error(413)
     @web.error(429)
     @web.error(500)
     def error_page(err):

@@ -1,0 +1,52 @@
+"""The signed-in user's own settings: password change, and their API tokens (list, revoke)."""
+
+import datetime
+
+import bottle
+from bottle import request, response
+
+from ..accounts import AccountError, check_password
+from .common import SESSION_COOKIE, check_csrf, render, require_user
+
+
+def when(ts) -> str:
+    if not ts:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def install(web, app):
+    def page(status: int = 200, **values):
+        user = require_user()
+        response.status = status
+        return render("settings", tokens=app.accounts.tokens(user["name"]), when=when, **values)
+
+    @web.get("/settings")
+    def settings():
+        return page()
+
+    @web.post("/settings/password")
+    def change_password():
+        user = require_user()
+        check_csrf()
+        current = request.forms.getunicode("current", "") or ""
+        new = request.forms.getunicode("new", "") or ""
+        if not check_password(current, app.accounts.get(user["name"])["pw"]):
+            return page(400, error="Your current password is not right.")
+        if new != (request.forms.getunicode("repeat", "") or ""):
+            return page(400, error="The new passwords do not match.")
+        try:
+            app.accounts.set_password(user["name"], new, keep_session=request.get_cookie(SESSION_COOKIE))
+        except AccountError as exc:
+            return page(400, error=str(exc))
+        bottle.redirect("/settings?flash=Password+changed")
+
+    @web.post("/settings/tokens/<token_id>/revoke")
+    def revoke(token_id):
+        user = require_user()
+        check_csrf()
+        try:
+            app.accounts.revoke_token(user["name"], token_id)
+        except AccountError as exc:
+            return page(404, error=str(exc))
+        bottle.redirect("/settings?flash=Token+revoked")
