@@ -160,7 +160,7 @@ def run_command(cfg, args) -> int:
         elif args.command == "compact":
             from .store import Store
             result = Store(cfg.home).reclaim_blobs(min_dead_bytes=0, always_compact=True)
-            print(f"compacted; blob packs: {len(result['rewritten'])} rewritten, {len(result['removed'])} removed, "
+            print(f"compacted; segments: {len(result['rewritten'])} rewritten, {len(result['removed'])} removed, "
                   f"{result['bytes_freed']} bytes freed")
     except (AccountError, BlocklistError) as exc:
         raise CLIError(str(exc)) from None
