@@ -429,30 +429,40 @@ class MailStore:
         state, n, msg_id) -> [records]` adds records to the same commit (credits, queue),
         `before(state)` may raise to refuse. Returns {"n", "id", "uids": {(user, box): uid}}.
         """
-        meta = new.meta_bytes()
-        mid_hash = message_id_hash(new.message_id)
-        chash = content_hash(new.raw)
+        return self.store_messages([(new, entries)], thread_of=thread_of, extra_records=extra_records,
+                                   before=before)[0]
+
+    def store_messages(self, items, *, thread_of=None, extra_records=None, before=None) -> list:
+        """Store several messages [(NewMessage, entries)] in one commit (one fsync: imports)."""
+        metas = [new.meta_bytes() for new, _ in items]
+        hashes = [(message_id_hash(new.message_id), content_hash(new.raw)) for new, _ in items]
+        blobs = [b for new, _ in items for b in new.blobs]
 
         def build(state, written):
             if before is not None:
                 before(state)
             alloc = Allocator(state)
-            n, msg_id = alloc.message()
-            thread = thread_of(state, n) if thread_of else n
-            records = [{"op": "msg.add", "n": n, "id": msg_id, "meta": list(written.metas[0]),
-                        "blobs": [list(b) for b in written.blobs], "thread": thread, "mid": mid_hash,
-                        "hash": chash, "size": new.size}]
-            uids = {}
-            for user, name, flag_names, date, zone in entries:
-                box = self._box(state, user, name)
-                uid, record = self._add_entries_records(alloc, state, user, box, n, flag_names, date, zone)
-                records.append(record)
-                uids[(user, box.name)] = uid
-            if extra_records is not None:
-                records += extra_records(state, n, msg_id)
-            return records, {"n": n, "id": msg_id, "uids": uids}
+            records, results, b = [], [], 0
+            for k, (new, entries) in enumerate(items):
+                n, msg_id = alloc.message()
+                thread = thread_of(state, n) if thread_of else n
+                mine = written.blobs[b:b + len(new.blobs)]
+                b += len(new.blobs)
+                records.append({"op": "msg.add", "n": n, "id": msg_id, "meta": list(written.metas[k]),
+                                "blobs": [list(x) for x in mine], "thread": thread, "mid": hashes[k][0],
+                                "hash": hashes[k][1], "size": new.size})
+                uids = {}
+                for user, name, flag_names, date, zone in entries:
+                    box = self._box(state, user, name)
+                    uid, record = self._add_entries_records(alloc, state, user, box, n, flag_names, date, zone)
+                    records.append(record)
+                    uids[(user, box.name)] = uid
+                if extra_records is not None:
+                    records += extra_records(state, n, msg_id)
+                results.append({"n": n, "id": msg_id, "uids": uids})
+            return records, results
 
-        return self.store.commit(build, new.blobs, [meta])
+        return self.store.commit(build, blobs, metas)
 
     def append(self, user: str, name: str, raw: bytes, flags=(), internal_date: int = None,
                internal_tz: int = 0) -> tuple:

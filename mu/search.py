@@ -59,18 +59,24 @@ class SearchIndex:
         return os.path.join(self.folder, f"{user}.jsonl")
 
     def catch_up(self, limit: int = None) -> int:
-        """Index the messages stored since the last call; return how many were indexed."""
+        """Index the messages stored since the last call (at most `limit`); return how many."""
+        total = 0
+        while limit is None or total < limit:
+            done = self._index_batch(INDEX_BATCH if limit is None else min(INDEX_BATCH, limit - total))
+            if not done:
+                break
+            total += done
+        return total
+
+    def _index_batch(self, limit: int) -> int:
         with self._lock:
             safeio.ensure_dir(self.folder)
             with safeio.flocked(os.path.join(self.folder, ".lock")):
                 start = self._read_progress()
                 with self.store.reading() as state:
-                    end = len(state.messages)
+                    end = min(len(state.messages), start + limit)
                     positions = [(state.messages.meta_pos[n], state.messages.meta_len[n])
                                  for n in range(start, end)]
-                if limit is not None:
-                    positions = positions[:limit]
-                    end = start + len(positions)
                 if not positions:
                     return 0
                 lines = {}
@@ -118,7 +124,7 @@ class SearchIndex:
     def _run(self) -> None:
         while not self._stop.wait(INDEX_INTERVAL_SECONDS):
             try:
-                while self.catch_up(INDEX_BATCH) and not self._stop.is_set():
+                while self._index_batch(INDEX_BATCH) and not self._stop.is_set():
                     pass
             except Exception as exc:
                 log("store", f"search indexer: {exc!r}")
