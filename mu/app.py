@@ -109,6 +109,17 @@ def _settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    _give_back_freed_memory()
+
+
+def _give_back_freed_memory() -> None:
+    """Return the heap that loading the snapshot used and freed to the system: glibc keeps
+    it otherwise (about half the RSS of a freshly started server of a million messages)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass   # not glibc: nothing to do
 
 
 def serve(config, host: str, port: int) -> int:

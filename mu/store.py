@@ -444,8 +444,10 @@ class Store:
         appends go, is never removed. Writes wait while live lines are copied, so a pass can
         be held to the `max_segments` deadest segments of each family.
         """
+        from .backup import removal_allowed
         rewritten, removed, freed = [], [], 0
         with safeio.flocked(self.lock_path, exclusive=True):
+            may_remove = removal_allowed(self.home)   # not while a backup copies segments
             with self._mu:
                 self._catch_up(truncate_torn=True)
                 usage = self._usage()
@@ -453,6 +455,7 @@ class Store:
                 for family, segments in (("blobs", self.blobs), ("meta", self.meta)):
                     sizes, live, lines = usage[family]
                     unused, mostly_dead = self._reclaimable(sizes, live, min_dead_bytes)
+                    unused = unused if may_remove else []
                     mostly_dead = sorted(mostly_dead, key=lambda s: live.get(s, 0) - sizes[s])[:max_segments]
                     if mostly_dead:
                         moved = segments.copy_to_new(sorted(p for s in mostly_dead for p in lines.get(s, ())))
