@@ -32,20 +32,35 @@ def row(name, value, unit, note=""):
     print(f"  {name:<58} {value:>12} {unit:<8} {note}", flush=True)
 
 
-def fake_message(i: int, user: str, folder: str = "inbox") -> dict:
-    mid = f"{1_700_000_000_000_000 + i:016x}0000"
-    return {"id": mid, "kind": "internal", "from": "alice", "from_addr": "alice@localhost", "from_name": "alice",
-            "to": [user], "subject": f"message number {i}", "snippet": "hello " * 10, "body": "hello " * 40,
-            "created_at": 1_700_000_000 + i, "message_id": f"<{i}@bench>", "thread_id": mid,
-            "in_reply_to": "", "references": [], "attachments": [],
-            "boxes": {user: {"folder": folder, "read": False}}}
+def fake_message(i: int, user: str) -> tuple:
+    """A stored message for `user`'s INBOX: (NewMessage, entries) for MailStore.store_messages."""
+    from mu.records import NewMessage
+    raw = (f"From: alice@localhost\r\nTo: {user}@localhost\r\nSubject: message number {i}\r\n"
+           f"Message-ID: <{i}@bench>\r\n\r\n" + "hello " * 40 + "\r\n").encode()
+    new = NewMessage({"kind": "internal", "from": "alice", "from_addr": "alice@localhost", "from_name": "alice",
+                      "to": [user], "subject": f"message number {i}", "created_at": 1_700_000_000 + i,
+                      "message_id": f"<{i}@bench>", "in_reply_to": "", "references": [], "owners": [user],
+                      "attachments": []}, raw)
+    new.set_body("hello " * 40)
+    return new, [(user, "INBOX", [], 1_700_000_000 + i, 0)]
+
+
+def _mailstore(store: Store, user: str):
+    from mu import config as config_mod
+    from mu.mailstore import MailStore
+    with store.reading() as state:
+        missing = user not in state.users
+    if missing:
+        store.commit(lambda state, w: ([{"op": "user.put", "name": user, "fields": {"created_at": 1_700_000_000}}]
+                                       if user not in state.users else [], None))
+    return MailStore(store, config_mod.load({"MU_HOME": store.home}))
 
 
 def fill(store: Store, count: int, user: str = "bench", start: int = 0) -> None:
+    ms = _mailstore(store, user)
     batch = 2000
     for base in range(start, start + count, batch):
-        records = [{"op": "msg.add", "msg": fake_message(i, user)} for i in range(base, min(base + batch, start + count))]
-        store.commit(lambda state, refs, r=records: (r, None))
+        ms.store_messages([fake_message(i, user) for i in range(base, min(base + batch, start + count))])
 
 
 # ---------------------------------------------------------------- store
@@ -60,11 +75,12 @@ def bench_store(tmp):
     # Interleaved: each round adds one message to every store, so drift in the machine's
     # speed (this VM varies by ±20% over minutes) hits all sizes alike.
     samples = {size: [] for size in sizes}
+    mailstores = {size: _mailstore(stores[size], "bench") for size in sizes}
     for i in range(500):
         for size in sizes:
-            rec = [{"op": "msg.add", "msg": fake_message(10_000_000 + i, "bench")}]
+            item = fake_message(10_000_000 + i, "bench")
             t = time.perf_counter()
-            stores[size].commit(lambda state, refs: (rec, None))
+            mailstores[size].store_messages([item])
             samples[size].append(time.perf_counter() - t)
     costs = {size: statistics.median(samples[size]) * 1e6 for size in sizes}
     for size in sizes:
@@ -293,7 +309,7 @@ def main():
     dns = FakeDNS()
     print(f"mu benchmarks on {os.cpu_count()} cores, Python {sys.version.split()[0]}\n", flush=True)
     try:
-        only = sys.argv[1:] or ["store", "smtp", "outbound", "web"]
+        only = sys.argv[1:] or ["store", "smtp", "outbound", "web", "scale"]
         if "store" in only:
             bench_store(tmp)
         if "smtp" in only:
@@ -302,6 +318,9 @@ def main():
             bench_outbound(tmp, dns)
         if "web" in only:
             bench_web(tmp)
+        if "scale" in only:
+            from scale import bench_scale
+            bench_scale(tmp, row)
     finally:
         dns.stop()
         shutil.rmtree(tmp, ignore_errors=True)

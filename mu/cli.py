@@ -7,6 +7,7 @@ MU_HOME that belongs to another user, every command runs as that user (see `runa
 import argparse
 import datetime
 import getpass
+import os
 import sys
 
 from . import config as config_mod
@@ -70,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_parser("status", help="say whether DKIM signing is on")
     gen = dk.add_parser("generate", help="make MU_HOME/keys/dkim.key and dkim.pub and print the DNS record")
     gen.add_argument("--selector", default=None, help="DKIM selector (default MAIL_SELECTOR)")
+
+    imp = sub.add_parser("import", help="import mail: an mbox file, a Maildir, or a folder of .eml files")
+    imp.add_argument("name", help="the user the mail is for")
+    imp.add_argument("path")
+    imp.add_argument("--folder", metavar="F", help="the mailbox it goes to (default INBOX; a Maildir's "
+                                                    "folders keep their names)")
+    exp = sub.add_parser("export", help="write a user's mailboxes as a Maildir tree")
+    exp.add_argument("name")
+    exp.add_argument("dest")
+    bk = sub.add_parser("backup", help="a consistent copy of MU_HOME, taken while the server runs")
+    bk.add_argument("dest")
+    sub.add_parser("check", help="verify the store: every record and blob readable, indexes in order")
 
     sub.add_parser("doctor", help="check DNS records and ports for MAIL_DOMAIN")
     sub.add_parser("compact", help="fold the journal into the snapshot and give back deleted messages' "
@@ -187,10 +200,34 @@ def run_command(cfg, args) -> int:
         elif args.command == "doctor":
             from .doctor import run_doctor
             return run_doctor(cfg)
+        elif args.command in ("import", "export"):
+            return _transfer(cfg, args)
+        elif args.command == "backup":
+            from .backup import BackupError, backup
+            from .store import Store
+            if os.path.exists(args.dest) and (not os.path.isdir(args.dest) or os.listdir(args.dest)):
+                raise CLIError(f"{args.dest}: exists and is not an empty folder")
+            if not os.path.exists(os.path.join(cfg.home, "mail.json")):
+                raise CLIError(f"{cfg.home}: no store there (MU_HOME)")
+            try:
+                done = backup(Store(cfg.home), args.dest)
+            except BackupError as exc:
+                raise CLIError(str(exc)) from None
+            print(f"backed up {cfg.home} to {os.path.abspath(args.dest)} ({done['files']} files, {done['bytes']} bytes)")
+        elif args.command == "check":
+            from .backup import check
+            from .store import Store
+            problems, facts = check(Store(cfg.home))
+            for line in facts:
+                print(line)
+            for line in problems:
+                print(f"PROBLEM: {line}")
+            print(f"{len(problems)} problems" if problems else "store OK")
+            return 1 if problems else 0
         elif args.command == "compact":
             from .store import Store
             result = Store(cfg.home).reclaim_blobs(min_dead_bytes=0, always_compact=True)
-            print(f"compacted; blob packs: {len(result['rewritten'])} rewritten, {len(result['removed'])} removed, "
+            print(f"compacted; segments: {len(result['rewritten'])} rewritten, {len(result['removed'])} removed, "
                   f"{result['bytes_freed']} bytes freed")
     except (AccountError, BlocklistError) as exc:
         raise CLIError(str(exc)) from None
@@ -222,6 +259,41 @@ def _dkim_generate(cfg, selector: str) -> int:
     print()
     print(f"Then run mu with MAIL_DOMAIN={cfg.domain} MAIL_SELECTOR={selector}")
     return 0
+
+
+def _transfer(cfg, args) -> int:
+    from .accounts import normalize_name
+    from .app import App
+    from .transfer import TransferError, detect, export_mail, import_mail
+    if args.command == "import":
+        try:
+            detect(args.path)
+        except TransferError as exc:
+            raise CLIError(str(exc)) from None
+    elif os.path.exists(args.dest) and (not os.path.isdir(args.dest) or os.listdir(args.dest)):
+        raise CLIError(f"{args.dest}: exists and is not an empty folder")
+    name = normalize_name(args.name)
+    if not os.path.exists(os.path.join(cfg.home, "mail.json")):
+        raise CLIError(f"no such user: {args.name} (no store at {cfg.home})")
+    app = App(cfg)
+    if app.accounts.get(name) is None:
+        raise CLIError(f"no such user: {args.name}")
+    try:
+        if args.command == "import":
+            if args.folder:
+                from .mailstore import valid_mailbox_name, MailStoreError
+                try:
+                    valid_mailbox_name(args.folder)
+                except MailStoreError as exc:
+                    raise CLIError(f"--folder: {exc.text}") from None
+            result = import_mail(app.mailstore, name, args.path, args.folder)
+            print(result.summary())
+            return 0
+        counts = export_mail(app.mailstore, name, args.dest)
+        print(f"exported {sum(counts.values())} messages in {len(counts)} mailboxes to {args.dest}")
+        return 0
+    except TransferError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _home(cfg) -> str:

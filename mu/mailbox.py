@@ -1,26 +1,31 @@
-"""Messages: sending (direct and external), receiving, folders, threads, read state, delete.
+"""Messages as the web app and the API see them: by message id, across a user's mailboxes.
 
-A message is stored once; each user who can see it has a box entry
-(`{"folder": "inbox"|"sent", "read": bool}`), so deleting my copy never deletes yours.
-Bodies, raw messages and attachments live in blob packs; the state keeps a snippet.
+Sending (direct and external), receiving, listing a mailbox, reading, threads, search,
+read/star/move/junk/archive, Trash and drafts. Every change goes through
+`mailstore.MailStore`, so IMAP sees the same mailboxes, flags and messages.
+
+A message is stored once; each user who can see it has an entry in one (or, after an IMAP
+COPY, several) of their mailboxes. An API id names the message, so `GET /api/mail/<id>`
+shows it from whichever of the caller's mailboxes hold it, and `DELETE` removes it from all
+of them: never from anyone else's.
 """
 
-import bisect
 import datetime
 import random
 import secrets
 import threading
 import time
 
-from . import addr, compose
+from . import addr, compose, records as recordmod
 from .accounts import NotFound as UserNotFound, normalize_name
+from .folders import DRAFT, FLAGGED, SEEN, positions_of
+from .mailstore import MailStore, MailStoreError
+from .records import MAX_SUBJECT_CHARS
 
-INLINE_BODY_CHARS = 1024
-SNIPPET_CHARS = 160
-MAX_SUBJECT_CHARS = 998   # RFC 5322 §2.1.1: a header line is at most 998 octets
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAILER_DAEMON = "MAILER-DAEMON"
+CONVERSATION_WINDOW = 5000   # entries looked at to group one page of conversations
 
 
 class MailError(ValueError):
@@ -36,6 +41,11 @@ class MessageNotFound(MailError):
         super().__init__("message not found", 404)
 
 
+class FolderNotFound(MailError):
+    def __init__(self, name: str):
+        super().__init__(f"no such folder: {name}", 404)
+
+
 _id_lock = threading.Lock()
 _last_id = [0]
 _id_suffix = random.Random(secrets.randbits(64))
@@ -43,7 +53,7 @@ _id_suffix = random.Random(secrets.randbits(64))
 
 def new_id() -> str:
     """20 hex digits: microseconds since the epoch, then 16 bits telling processes apart;
-    ids sort by time. (Not secret: every id is checked against the reader's boxes.)"""
+    ids sort by time. For queue entries (messages get theirs inside the commit)."""
     with _id_lock:
         now = max(time.time_ns() // 1000, _last_id[0] + 1)
         _last_id[0] = now
@@ -55,51 +65,16 @@ def rfc3339(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def snippet(text: str) -> str:
-    """The first SNIPPET_CHARS of the text with runs of whitespace made one space.
-
-    Only a growing prefix is normalised: the words of a prefix are the whole text's words
-    with the last one perhaps cut short, so once that gives SNIPPET_CHARS they are the same
-    characters (and a long body costs no more than a short one)."""
-    text = text or ""
-    window = SNIPPET_CHARS * 4
-    while True:
-        flat = " ".join(text[:window].split())
-        if len(flat) >= SNIPPET_CHARS or window >= len(text):
-            return flat[:SNIPPET_CHARS]
-        window *= 4
-
-
-def body_fields(text: str, html: str, blobs: list) -> dict:
-    """Message fields for a body: inline when short, else a blob index (resolved at commit)."""
-    fields = {"snippet": snippet(text)}
-    if len(text) <= INLINE_BODY_CHARS:
-        fields["body"] = text
-    else:
-        fields["body_blob"] = len(blobs)
-        blobs.append(text.encode("utf-8"))
-    if html:
-        fields["html_blob"] = len(blobs)
-        blobs.append(html.encode("utf-8"))
-    return fields
-
-
-def resolve_blob_indexes(msg: dict, refs: list) -> dict:
-    """Replace `*_blob` indexes (positions in the commit's blob list) with blob refs."""
-    for key in ("body_blob", "html_blob", "raw_blob"):
-        if isinstance(msg.get(key), int):
-            msg[key] = refs[msg[key]]
-    for att in msg.get("attachments", []):
-        if isinstance(att.get("blob"), int):
-            att["blob"] = refs[att["blob"]]
-    return msg
+# The API's names for the two folders it always had.
+_API_FOLDER_NAMES = {"inbox": "INBOX", "sent": "Sent"}
 
 
 class Mailbox:
-    def __init__(self, store, config, accounts):
+    def __init__(self, store, config, accounts, mailstore: MailStore = None):
         self.store = store
         self.config = config
         self.accounts = accounts
+        self.mailstore = mailstore or MailStore(store, config)
 
     # ------------------------------------------------------------ addressing
 
@@ -157,10 +132,39 @@ class Mailbox:
     def address_of(self, username: str) -> str:
         return f"{username}@{self.config.domain}"
 
+    # ------------------------------------------------------------ locating
+
+    def _folder(self, state, user: str, folder: str):
+        um = state.mail.get(user)
+        name = _API_FOLDER_NAMES.get((folder or "inbox").lower(), folder or "INBOX")
+        box = um.find(name) if um else None
+        if box is None:
+            raise FolderNotFound(folder)
+        return box
+
+    def _locate(self, state, user: str, msg_id: str) -> tuple:
+        """(message number, [(box, position)] of the user's entries); MessageNotFound if the
+        user has none."""
+        n = state.messages.number_of(str(msg_id))
+        if n is None:
+            raise MessageNotFound()
+        entries = self.mailstore.entries_of(state, user, n)
+        if not entries:
+            raise MessageNotFound()
+        return n, entries
+
+    @staticmethod
+    def _primary(entries):
+        """The entry a view shows: INBOX first, then whatever comes first."""
+        for box, i in entries:
+            if box.name == "INBOX":
+                return box, i
+        return entries[0]
+
     # ------------------------------------------------------------ sending
 
     def send(self, sender: str, to, subject: str, body: str, reply_to: str = None,
-             attachments=()) -> dict:
+             attachments=(), draft_id: str = None) -> dict:
         """Store a message from a local user; queue external recipients (charging credits)."""
         subject = subject if isinstance(subject, str) else ""
         body = body if isinstance(body, str) else ""
@@ -174,276 +178,378 @@ class Mailbox:
             local, external = self.resolve_recipients(to, state)
             parent = None
             if reply_to:
-                parent = state.messages.get(str(reply_to))
-                if parent is None or sender not in parent["boxes"]:
-                    raise MessageNotFound()
-                parent = dict(parent)
+                pn, _entries = self._locate(state, sender, reply_to)
+                parent = (pn, state.messages.thread[pn])
+        parent_record = self.store.meta_record(parent[0]) if parent else None
         now = time.time()
-        msg_id = new_id()
         message_id = compose.new_message_id(self.config.domain)
         if parent and not subject:
-            subject = parent["subject"] if parent["subject"].lower().startswith("re:") else "Re: " + parent["subject"]
+            ps = parent_record.get("subject", "")
+            subject = ps if ps.lower().startswith("re:") else "Re: " + ps
         references = []
         if parent:
-            references = list(parent.get("references") or [])
-            if parent.get("message_id"):
-                references.append(parent["message_id"])
-        blobs = []
-        msg = {
-            "id": msg_id, "kind": "outbound" if external else "internal",
-            "from": sender, "from_addr": self.address_of(sender), "from_name": sender,
-            "to": local + external, "subject": subject, "created_at": now,
-            "message_id": message_id, "thread_id": parent["thread_id"] if parent else msg_id,
-            "in_reply_to": parent.get("message_id", "") if parent else "",
-            "references": references[-20:],
-            "attachments": [],
-        }
-        msg.update(body_fields(body, "", blobs))
-        for name, ctype, data in attachments:
-            msg["attachments"].append({"name": name, "type": ctype, "size": len(data), "blob": len(blobs)})
-            blobs.append(data)
+            references = list(parent_record.get("references") or [])
+            if parent_record.get("message_id"):
+                references.append(parent_record["message_id"])
+        in_reply_to = parent_record.get("message_id", "") if parent else ""
+        from_addr = self.address_of(sender)
+        raw = compose.build(from_name=sender, from_addr=from_addr,
+                            to=[self.address_of(u) for u in local] + external, subject=subject, body=body,
+                            message_id=message_id, date=now, in_reply_to=in_reply_to,
+                            references=references[-20:], attachments=attachments)
+        record = {"kind": "outbound" if external else "internal", "from": sender, "from_addr": from_addr,
+                  "from_name": sender, "to": local + external, "subject": subject, "created_at": now,
+                  "message_id": message_id, "in_reply_to": in_reply_to, "references": references[-20:],
+                  "owners": sorted(set(local) | {sender}), "attachments": []}
+        new = recordmod.NewMessage(record, raw)
+        new.set_body(body)
+        new.add_attachments(attachments)
+        new.describe_for_imap()
         cost = self.config.credit_cost_email if external else 0
         if external:
-            raw = compose.build(
-                from_name=sender, from_addr=msg["from_addr"],
-                to=[self.address_of(u) for u in local] + external, subject=subject, body=body,
-                message_id=message_id, date=now, in_reply_to=msg["in_reply_to"],
-                references=msg["references"], attachments=attachments)
-            msg["raw_blob"] = len(blobs)
-            blobs.append(raw)
-            msg.update(status="queued", status_detail="", charged=cost,
-                       delivery={a: {"status": "queued", "detail": ""} for a in external})
+            record.update(status="queued", status_detail="", charged=cost,
+                          delivery={a: {"status": "queued", "detail": ""} for a in external})
+        entries = [(sender, "Sent", ["\\Seen"], now, 0)]
+        for name in local:   # a note to self also lands in the inbox
+            entries.append((name, "INBOX", [], now, 0))
+        draft = None
+        if draft_id:
+            with self.store.reading() as state:
+                dn, dentries = self._locate(state, sender, draft_id)
+                draft = [(box.name, box.uids[i]) for box, i in dentries if box.flags[i] & DRAFT]
 
-        def build(state, refs):
+        def before(state):
             user = state.users.get(sender)
             if user is None:
                 raise UserNotFound(f"no such user: {sender}")
+            if cost and user["credits"] < cost:
+                raise MailError(f"not enough credits: external mail costs {cost}, "
+                                f"balance is {user['credits']}", 402)
+
+        def extra(state, n, msg_id):
             records = []
             if cost:
-                if user["credits"] < cost:
-                    raise MailError(f"not enough credits: external mail costs {cost}, "
-                                    f"balance is {user['credits']}", 402)
                 records.append({"op": "user.credit", "name": sender, "delta": -cost})
-            stored = resolve_blob_indexes(dict(msg), refs)
-            boxes = {sender: {"folder": "sent", "read": True}}
-            for name in local:
-                if name != sender:
-                    boxes[name] = {"folder": "inbox", "read": False}
-            stored["boxes"] = boxes
-            records.append({"op": "msg.add", "msg": stored})
-            if sender in local:  # a note to self also lands in the inbox
-                records.append({"op": "box.add", "id": msg_id, "user": sender, "folder": "inbox"})
             by_domain = {}
             for address in external:
                 by_domain.setdefault(address.rsplit("@", 1)[1], []).append(address)
             for domain, rcpts in sorted(by_domain.items()):
                 records.append({"op": "queue.put", "id": new_id(), "entry": {
-                    "msg": msg_id, "sender": sender, "from_addr": stored["from_addr"],
-                    "domain": domain, "rcpts": rcpts, "attempts": 0, "created_at": now,
-                    "next_try": now, "status": "queued", "detail": ""}})
-            return records, stored
+                    "msg": msg_id, "sender": sender, "from_addr": from_addr, "domain": domain,
+                    "rcpts": rcpts, "attempts": 0, "created_at": now, "next_try": now,
+                    "status": "queued", "detail": ""}})
+            for box_name, uid in draft or ():
+                box = state.mailbox(sender, box_name)
+                if box is not None and box.index_of(uid) is not None:
+                    records.append({"op": "mail.expunge", "user": sender, "box": box_name, "uids": str(uid),
+                                    "modseq": box.highestmodseq + 1})
+            return records
 
-        stored = self.store.commit(build, blobs)
-        return self.view(stored, sender)
+        result = self.store_message(new, entries, thread=parent[1] if parent else None, before=before,
+                                    extra_records=extra)
+        return self.get(sender, result["id"], mark_read=False)
 
-    def deliver_inbound(self, users: list, parsed: dict, raw_with_trace: bytes, extra: dict) -> str:
-        """Store a received message in each user's inbox; return its id once durable."""
-        blobs = [raw_with_trace]
-        msg_id = new_id()
-        msg = {
-            "id": msg_id, "kind": extra.pop("kind", "inbound"),
-            "from": parsed["from_addr"] or extra.get("envelope_from") or "",
-            "from_addr": parsed["from_addr"], "from_name": parsed["from_name"],
-            "to": parsed["to"] + parsed["cc"], "subject": parsed["subject"][:MAX_SUBJECT_CHARS],
-            "created_at": time.time(), "message_id": parsed["message_id"],
-            "in_reply_to": parsed["in_reply_to"], "references": parsed["references"][-20:],
-            "raw_blob": 0, "attachments": [],
-        }
-        msg.update(extra)
-        msg.update(body_fields(parsed["text"], parsed["html"], blobs))
-        for name, ctype, data in parsed["attachments"]:
-            msg["attachments"].append({"name": name, "type": ctype, "size": len(data), "blob": len(blobs)})
-            blobs.append(data)
+    def save_draft(self, user: str, to: str, subject: str, body: str, attachments=(), replace: str = None) -> dict:
+        """Keep an unsent message in Drafts (`\\Draft`); `replace` is the draft it supersedes."""
+        subject = compose.clean_header_text(subject if isinstance(subject, str) else "")[:MAX_SUBJECT_CHARS]
+        body = body if isinstance(body, str) else ""
+        now = time.time()
+        message_id = compose.new_message_id(self.config.domain)
+        recipients = [t.strip() for t in str(to or "").split(",") if t.strip()]
+        raw = compose.build(from_name=user, from_addr=self.address_of(user),
+                            to=[r if "@" in r else self.address_of(r) for r in recipients], subject=subject,
+                            body=body, message_id=message_id, date=now, attachments=attachments)
+        record = {"kind": "draft", "from": user, "from_addr": self.address_of(user), "from_name": user,
+                  "to": recipients, "subject": subject, "created_at": now, "message_id": message_id,
+                  "in_reply_to": "", "references": [], "owners": [user], "attachments": []}
+        new = recordmod.NewMessage(record, raw)
+        new.set_body(body)
+        new.add_attachments(attachments)
+        new.describe_for_imap()
+        old = []
+        if replace:
+            with self.store.reading() as state:
+                _n, entries = self._locate(state, user, replace)
+                old = [(box.name, box.uids[i]) for box, i in entries if box.flags[i] & DRAFT]
 
-        def build(state, refs):
-            stored = resolve_blob_indexes(dict(msg), refs)
-            thread = msg_id
-            for ref in [stored["in_reply_to"]] + list(reversed(stored["references"])):
-                parent = state.messages.get(state.by_message_id.get(ref, ""))
-                if parent and any(u in parent["boxes"] for u in users):
-                    thread = parent["thread_id"]
-                    break
-            stored["thread_id"] = thread
-            stored["boxes"] = {u: {"folder": "inbox", "read": False} for u in users}
-            return [{"op": "msg.add", "msg": stored}], msg_id
+        def extra(state, n, msg_id):
+            out = []
+            for box_name, uid in old:
+                box = state.mailbox(user, box_name)
+                if box is not None and box.index_of(uid) is not None:
+                    out.append({"op": "mail.expunge", "user": user, "box": box_name, "uids": str(uid),
+                                "modseq": box.highestmodseq + 1})
+            return out
 
-        return self.store.commit(build, blobs)
+        result = self.store_message(new, [(user, "Drafts", ["\\Draft", "\\Seen"], now, 0)], extra_records=extra)
+        return self.get(user, result["id"], mark_read=False)
+
+    def store_message(self, new, entries, thread=None, before=None, extra_records=None) -> dict:
+        try:
+            return self.mailstore.store_message(
+                new, entries, thread_of=(lambda state, n: thread) if thread is not None else None,
+                before=before, extra_records=extra_records)
+        except MailStoreError as exc:
+            raise MailError(exc.text) from None
+
+    def deliver_inbound(self, users: list, parsed: dict, raw_with_trace: bytes, extra: dict,
+                        folder: str = "INBOX") -> str:
+        """Store a received message in each user's inbox (or `folder`); return its id once
+        durable. A DMARC quarantine verdict puts it in Junk."""
+        extra = dict(extra)
+        kind = extra.pop("kind", "inbound")
+        if (extra.get("auth") or {}).get("dmarc_disposition") == "quarantine":
+            folder = "Junk"
+        now = time.time()
+        new = recordmod.from_parsed(parsed, raw_with_trace, kind, users, now, extra)
+        thread = self._thread_for(users, [parsed["in_reply_to"]] + list(reversed(parsed["references"])))
+        result = self.store_message(new, [(u, folder, [], now, 0) for u in users], thread=thread)
+        return result["id"]
+
+    def _thread_for(self, users, message_ids):
+        """The thread of the first of these Message-IDs that one of `users` has, or None."""
+        from .state import message_id_hash
+        for mid in message_ids:
+            if not mid:
+                continue
+            with self.store.reading() as state:
+                candidates = state.messages.by_message_id.lookup(message_id_hash(mid))
+                threads = {n: state.messages.thread[n] for n in candidates}
+            for n in reversed(candidates):
+                record = self.store.meta_record(n)
+                if record.get("message_id") == mid and set(record.get("owners", ())) & set(users):
+                    return threads[n]
+        return None
 
     # ------------------------------------------------------------ reading
 
-    def _visible(self, state, user: str, msg_id: str) -> dict:
-        msg = state.messages.get(str(msg_id))
-        if msg is None or user not in msg["boxes"]:
-            raise MessageNotFound()
-        return msg
+    def folders(self, user: str) -> list:
+        return [{"name": f.name, "special_use": f.special_use, "total": f.total, "unread": f.unseen}
+                for f in self.mailstore.mailboxes(user)]
 
     def list(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None,
              with_body: bool = False) -> tuple:
         """(newest-first page of message views, unread count of the whole folder)."""
-        if folder not in ("inbox", "sent"):
-            raise MailError("folder must be inbox or sent")
         limit = max(1, min(int(limit), MAX_PAGE))
         with self.store.reading() as state:
-            ids = state.folders.get((user, folder), [])
-            if before and state.messages.get(before, {}).get("boxes", {}).get(user, {}).get("folder") != folder:
-                raise MailError(f"before: no message {before} in {folder}")
-            end = bisect.bisect_left(ids, before) if before else len(ids)
-            msgs = [state.messages[i] for i in reversed(ids[max(0, end - limit):end])]
-            page = [self.view(m, user, with_body=False) for m in msgs]
-            unread = state.unread.get((user, folder), 0)
-        if with_body:   # a long body is a blob read: outside the lock (bodies never change)
-            for view, msg in zip(page, msgs):
-                view["body"] = self.body_text(msg)
-        return page, unread
+            box = self._folder(state, user, folder)
+            end = len(box)
+            if before:
+                n = state.messages.number_of(str(before))
+                found = positions_of(box.msgs, n) if n is not None else []
+                if not found:
+                    raise MailError(f"before: no message {before} in this folder", 400)
+                end = found[0]
+            picks = [self._pick(state, box, i) for i in range(end - 1, max(-1, end - 1 - limit), -1)]
+            unread = box.unseen
+        return [self._view_of(p, with_body) for p in picks], unread
+
+    def _pick(self, state, box, i) -> tuple:
+        """What a view needs from the index, taken under the lock."""
+        n = box.msgs[i]
+        return (n, state.messages.id_of(n), state.messages.id_of(state.messages.thread[n]),
+                box.name, box.flags[i], box.dates[i])
+
+    def _view_of(self, pick, with_body: bool, folders=None) -> dict:
+        n, msg_id, thread_id, box_name, mask, _date = pick
+        record = self.store.meta_record(n)
+        return self.view(record, n, msg_id, thread_id, box_name, mask, with_body=with_body, folders=folders)
 
     def conversations(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None) -> list:
         """The folder grouped by thread, newest thread first: each entry is the thread's newest
-        message in the folder, with `count` (messages in the folder) and `unread_count`."""
+        message in the folder, with `count` (its messages in the folder, among the newest
+        CONVERSATION_WINDOW) and `unread_count`."""
         limit = max(1, min(int(limit), MAX_PAGE))
-        seen, out = set(), []
         with self.store.reading() as state:
-            ids = state.folders.get((user, folder), [])
-            end = bisect.bisect_left(ids, before) if before else len(ids)
-            for i in reversed(ids[:end]):
-                msg = state.messages[i]
-                if msg["thread_id"] in seen:
-                    continue
-                seen.add(msg["thread_id"])
-                members = [state.messages[m] for m in state.threads.get(msg["thread_id"], [])
-                           if m in state.messages and state.messages[m]["boxes"].get(user, {}).get("folder") == folder]
-                entry = self.view(msg, user, with_body=False)
-                entry["count"] = len(members)
-                entry["unread_count"] = sum(1 for m in members if not m["boxes"][user].get("read"))
-                entry["read"] = entry["unread_count"] == 0
-                out.append(entry)
-                if len(out) >= limit:
-                    break
+            box = self._folder(state, user, folder)
+            end = len(box)
+            if before:
+                n = state.messages.number_of(str(before))
+                found = positions_of(box.msgs, n) if n is not None else []
+                end = found[0] if found else end
+            threads, order = {}, []
+            for i in range(end - 1, max(-1, end - 1 - CONVERSATION_WINDOW), -1):
+                root = state.messages.thread[box.msgs[i]]
+                entry = threads.get(root)
+                if entry is None:
+                    if len(order) >= limit:
+                        continue
+                    entry = threads[root] = {"pick": self._pick(state, box, i), "count": 0, "unread": 0}
+                    order.append(root)
+                entry["count"] += 1
+                entry["unread"] += 0 if box.flags[i] & SEEN else 1
+        out = []
+        for root in order:
+            t = threads[root]
+            view = self._view_of(t["pick"], with_body=False)
+            view.update(count=t["count"], unread_count=t["unread"], read=t["unread"] == 0)
+            out.append(view)
         return out
 
     def unread_count(self, user: str) -> int:
         with self.store.reading() as state:
-            return state.unread.get((user, "inbox"), 0)
+            box = state.mailbox(user, "INBOX")
+            return box.unseen if box else 0
 
     def get(self, user: str, msg_id: str, mark_read: bool = True) -> dict:
         with self.store.reading() as state:
-            msg = dict(self._visible(state, user, msg_id))
-            unread = not msg["boxes"][user].get("read")
+            n, entries = self._locate(state, user, msg_id)
+            box, i = self._primary(entries)
+            pick = self._pick(state, box, i)
+            folders = sorted({b.name for b, _ in entries})
+            unread = any(not b.flags[j] & SEEN for b, j in entries)
         if mark_read and unread:
             self.set_read(user, msg_id, True)
-            msg["boxes"] = dict(msg["boxes"], **{user: dict(msg["boxes"][user], read=True)})
-        return self.view(msg, user)
+            pick = pick[:4] + (pick[4] | SEEN,) + pick[5:]
+        return self._view_of(pick, with_body=True, folders=folders)
 
     def thread(self, user: str, msg_id: str) -> list:
         with self.store.reading() as state:
-            msg = self._visible(state, user, msg_id)
-            members = [dict(state.messages[i]) for i in state.threads.get(msg["thread_id"], [msg["id"]])
-                       if i in state.messages and user in state.messages[i]["boxes"]]
-        return [self.view(m, user) for m in members]
-
-    def set_read(self, user: str, msg_id: str, read: bool) -> None:
-        def build(state, _refs):
-            self._visible(state, user, msg_id)
-            return [{"op": "box.read", "id": msg_id, "user": user, "read": read}], None
-        self.store.commit(build)
-
-    def delete(self, user: str, msg_id: str) -> None:
-        def build(state, _refs):
-            self._visible(state, user, msg_id)
-            return [{"op": "box.del", "id": msg_id, "user": user}], None
-        self.store.commit(build)
+            n, _entries = self._locate(state, user, msg_id)
+            members = positions_of(state.messages.thread, state.messages.thread[n])
+            picks = []
+            for m in members:
+                entries = self.mailstore.entries_of(state, user, m)
+                if entries:
+                    box, i = self._primary(entries)
+                    picks.append(self._pick(state, box, i))
+        return [self._view_of(p, with_body=True) for p in picks]
 
     def search(self, user: str, query: str, limit: int = DEFAULT_PAGE, with_body: bool = False,
-               folders=("inbox", "sent")) -> list:
-        needle = (query or "").strip().lower()
+               folder: str = None) -> list:
+        from .search import search_user
+        needle = (query or "").strip()
         if not needle:
             return []
-        results = []
         with self.store.reading() as state:
-            candidates = sorted({i for f in folders for i in state.folders.get((user, f), [])},
-                                reverse=True)
-            candidates = [dict(state.messages[i]) for i in candidates]
-        for msg in candidates:
-            hay = " ".join([msg.get("subject", ""), msg.get("from", ""), msg.get("from_name", ""),
-                            msg.get("from_addr", "") or "", " ".join(msg.get("to", []))]).lower()
-            body = None   # a long body is a blob read: only when the headers do not match
-            if needle not in hay:
-                body = self.body_text(msg)
-                if needle not in body.lower():
+            box = self._folder(state, user, folder) if folder else None
+        picks = []
+        for n in search_user(self.mailstore, user, needle):
+            with self.store.reading() as state:
+                entries = self.mailstore.entries_of(state, user, n)
+                if box is not None:
+                    entries = [(b, i) for b, i in entries if b.name == box.name]
+                if not entries:
                     continue
-            results.append(self.view(msg, user, with_body=False))
-            if with_body:
-                results[-1]["body"] = body if body is not None else self.body_text(msg)
-            if len(results) >= limit:
+                picks.append(self._pick(state, *self._primary(entries)))
+            if len(picks) >= limit:
                 break
-        return results
+        return [self._view_of(p, with_body) for p in picks]
 
-    def body_text(self, msg: dict) -> str:
-        if "body" in msg:
-            return msg["body"]
-        if msg.get("body_blob"):
-            return self.store.read_blob(msg["body_blob"]).decode("utf-8", "replace")
-        return ""
+    # ------------------------------------------------------------ changing
+
+    def _change_flags(self, user: str, msg_id: str, mode: str, flags) -> None:
+        with self.store.reading() as state:
+            _n, entries = self._locate(state, user, msg_id)
+            targets = [(box.name, box.uids[i]) for box, i in entries]
+        for box_name, uid in targets:
+            try:
+                self.mailstore.set_flags(user, box_name, [uid], mode, flags)
+            except MailStoreError:
+                pass   # the mailbox went meanwhile: nothing left to flag
+
+    def set_read(self, user: str, msg_id: str, read: bool) -> None:
+        self._change_flags(user, msg_id, "add" if read else "remove", ["\\Seen"])
+
+    def set_flagged(self, user: str, msg_id: str, flagged: bool) -> None:
+        self._change_flags(user, msg_id, "add" if flagged else "remove", ["\\Flagged"])
+
+    def move(self, user: str, msg_id: str, folder: str) -> dict:
+        """Move the message (every entry the user has of it) into `folder`."""
+        with self.store.reading() as state:
+            dest = self._folder(state, user, folder)
+            _n, entries = self._locate(state, user, msg_id)
+            sources = [(box.name, box.uids[i]) for box, i in entries]
+            dest_name = dest.name
+        in_dest = [s for s in sources if s[0] == dest_name]
+        for i, (box_name, uid) in enumerate(s for s in sources if s[0] != dest_name):
+            if in_dest or i > 0:   # one entry in the destination is enough
+                self.mailstore.expunge(user, box_name, [uid], deleted_only=False)
+            else:
+                self.mailstore.move(user, box_name, [uid], dest_name)
+        return self.get(user, msg_id, mark_read=False)
+
+    def delete(self, user: str, msg_id: str) -> None:
+        """Gone from the user's view at once, in every mailbox (the API's DELETE)."""
+        with self.store.reading() as state:
+            _n, entries = self._locate(state, user, msg_id)
+            targets = [(box.name, box.uids[i]) for box, i in entries]
+        for box_name, uid in targets:
+            self.mailstore.expunge(user, box_name, [uid], deleted_only=False)
+
+    def trash(self, user: str, msg_id: str) -> str:
+        """The web's Delete: to Trash, or for good when it is already there. Returns which."""
+        with self.store.reading() as state:
+            _n, entries = self._locate(state, user, msg_id)
+            in_trash = all(box.name == "Trash" for box, _ in entries)
+        if in_trash:
+            self.delete(user, msg_id)
+            return "deleted"
+        self.move(user, msg_id, "Trash")
+        return "trashed"
+
+    def empty_trash(self, user: str) -> int:
+        return len(self.mailstore.expunge(user, "Trash", None, deleted_only=False))
+
+    # ------------------------------------------------------------ bodies
+
+    def _blob(self, n: int, index: int) -> bytes:
+        with self.store.reading() as state:
+            first = state.messages.first_blob[n]
+        return self.store.blob(first + index)
+
+    def body_text(self, record: dict, n: int) -> str:
+        if "body" in record:
+            return record["body"]
+        index = recordmod.blob_index(record, "body_blob")
+        return self._blob(n, index).decode("utf-8", "replace") if index is not None else ""
 
     def html(self, user: str, msg_id: str) -> str:
         with self.store.reading() as state:
-            msg = self._visible(state, user, msg_id)
-            ref = msg.get("html_blob")
-        return self.store.read_blob(ref).decode("utf-8", "replace") if ref else ""
+            n, _entries = self._locate(state, user, msg_id)
+        index = recordmod.blob_index(self.store.meta_record(n), "html_blob")
+        return self._blob(n, index).decode("utf-8", "replace") if index is not None else ""
 
     def raw(self, user: str, msg_id: str) -> bytes:
         with self.store.reading() as state:
-            msg = dict(self._visible(state, user, msg_id))
-        if msg.get("raw_blob"):
-            return self.store.read_blob(msg["raw_blob"])
-        to = [t if "@" in t else self.address_of(t) for t in msg["to"]]
-        return compose.build(from_name=msg["from_name"], from_addr=msg["from_addr"], to=to,
-                             subject=msg["subject"], body=self.body_text(msg),
-                             message_id=msg["message_id"], date=msg["created_at"],
-                             in_reply_to=msg.get("in_reply_to"), references=msg.get("references", []),
-                             attachments=[(a["name"], a["type"], self.store.read_blob(a["blob"]))
-                                          for a in msg.get("attachments", [])])
+            n, _entries = self._locate(state, user, msg_id)
+        return self.mailstore.raw_of(n)
 
     def attachment(self, user: str, msg_id: str, index: int) -> tuple:
         with self.store.reading() as state:
-            msg = self._visible(state, user, msg_id)
-            atts = msg.get("attachments", [])
-            if not 0 <= index < len(atts):
-                raise MessageNotFound()
-            att = dict(atts[index])
-        return att["name"], att["type"], self.store.read_blob(att["blob"])
+            n, _entries = self._locate(state, user, msg_id)
+        atts = self.store.meta_record(n).get("attachments", [])
+        if not 0 <= index < len(atts):
+            raise MessageNotFound()
+        att = atts[index]
+        return att["name"], att["type"], self._blob(n, att["blob"])
 
-    def view(self, msg: dict, user: str, with_body: bool = True) -> dict:
-        """The message as the API shows it to `user`."""
-        box = msg.get("boxes", {}).get(user, {})
+    # ------------------------------------------------------------ the API's message object
+
+    def view(self, record: dict, n: int, msg_id: str, thread_id: str, folder: str, mask: int,
+             with_body: bool = True, folders=None) -> dict:
         out = {
-            "id": msg["id"], "from": msg["from"], "from_name": msg.get("from_name") or msg["from"],
-            "from_addr": msg.get("from_addr", ""), "to": list(msg.get("to", [])),
-            "subject": msg.get("subject", ""), "snippet": msg.get("snippet", ""),
-            "created_at": rfc3339(msg["created_at"]), "read": bool(box.get("read", True)),
-            "folder": box.get("folder", ""), "thread_id": msg["thread_id"],
-            "message_id": msg.get("message_id", ""), "in_reply_to": msg.get("in_reply_to", ""),
-            "kind": msg.get("kind", "internal"), "has_html": bool(msg.get("html_blob")),
+            "id": msg_id, "from": record.get("from", ""),
+            "from_name": record.get("from_name") or record.get("from", ""),
+            "from_addr": record.get("from_addr", ""), "to": list(record.get("to", [])),
+            "subject": record.get("subject", ""), "snippet": record.get("snippet", ""),
+            "created_at": rfc3339(record.get("created_at", 0)), "read": bool(mask & SEEN),
+            "flagged": bool(mask & FLAGGED), "folder": folder, "thread_id": thread_id,
+            "message_id": record.get("message_id", ""), "in_reply_to": record.get("in_reply_to", ""),
+            "kind": record.get("kind", "internal"), "has_html": recordmod.blob_index(record, "html_blob") is not None,
             "attachments": [{"name": a["name"], "type": a["type"], "size": a["size"],
-                             "url": f"/api/mail/{msg['id']}/attachments/{i}"}
-                            for i, a in enumerate(msg.get("attachments", []))],
+                             "url": f"/api/mail/{msg_id}/attachments/{i}"}
+                            for i, a in enumerate(record.get("attachments", []))],
         }
+        if folders is not None:
+            out["folders"] = folders
         if with_body:
-            out["body"] = self.body_text(msg)
-        if "status" in msg:
-            out["status"] = msg["status"]
-            out["status_detail"] = msg.get("status_detail", "")
-            if msg.get("next_try"):
-                out["next_try"] = rfc3339(msg["next_try"])
-        if "auth" in msg:
-            out["auth"] = msg["auth"]
+            out["body"] = self.body_text(record, n)
+        if "status" in record:
+            out["status"] = record["status"]
+            out["status_detail"] = record.get("status_detail", "")
+            if record.get("next_try"):
+                out["next_try"] = rfc3339(record["next_try"])
+        if "auth" in record:
+            out["auth"] = record["auth"]
         return out

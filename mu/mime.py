@@ -203,3 +203,20 @@ def html_to_text(html: str) -> str:
     text = re.sub(r"<br\s*/?>|</p\s*>|</div\s*>", "\n", html, flags=re.I)
     text = _TAGS.sub("", text)
     return htmllib.unescape(re.sub(r"\n{3,}", "\n\n", text)).strip()
+
+
+def message_id_of(raw: bytes) -> str:
+    """The Message-ID of a message, read from its header block alone ("" if none)."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw[:end if end >= 0 else 65536]
+    value = None
+    for line in head.split(b"\n"):
+        if value is not None:
+            if line[:1] in (b" ", b"\t"):
+                value += line
+                continue
+            break
+        if line[:11].lower() == b"message-id:":
+            value = line[11:]
+    found = _MSGID.findall((value or b"").decode("utf-8", "replace"))
+    return found[0] if found else ""

@@ -2,19 +2,21 @@
 
 On disk, under MU_HOME:
 
-    mail.json      snapshot: {"format": "mu-store-1", "seq": N, "state": {...}}
+    mail.json      snapshot: {"format": "mu-store-2", "seq": N, "state": {...}}; the
+                   message and mailbox columns in it are base64 arrays (mu/columns.py)
     mail.journal   JSON lines, one record each: {"seq": N, "op": "...", ...}
-    blobs/*.jsonl  packs of message bodies, raw messages and attachments: JSON lines,
-                   each one JSON string holding one blob in base64; appended to, and
-                   rewritten without deleted messages' blobs (`reclaim_blobs`)
+    meta/*.jsonl   message records: JSON lines, one object each (mu/segments.py)
+    blobs/*.jsonl  raw messages, long bodies, HTML and attachments: JSON lines, each one
+                   JSON string holding one blob in base64
     .lock          flock(2) target shared by the server and the CLI (holds "{}")
 
-A commit appends its blobs to the current pack (fdatasync), then its records to the
-journal (fdatasync), so a record never points at bytes that are not on disk. Loading
-reads the snapshot and replays journal records with a higher seq; a torn last line
+A commit appends its blobs and message records to their segments (fdatasync), then its
+records to the journal (fdatasync), so a record never points at bytes that are not on disk.
+Loading reads the snapshot and replays journal records with a higher seq; a torn last line
 (a crash mid-append) was never acknowledged and is dropped. Compaction writes a new
 snapshot atomically and then replaces the journal; a crash between the two steps is
-harmless because replay skips records the snapshot already holds (by seq).
+harmless because replay skips records the snapshot already holds (by seq). A store in an
+older format is upgraded in place when it is opened (mu/upgrade.py).
 
 Concurrency: threads of one process share one in-memory state guarded by `_mu`;
 commits are batched (group commit: one leader writes and fsyncs for every thread
@@ -24,169 +26,45 @@ replaced by another process (a stat) and catches up, so CLI changes reach the
 running server without a restart.
 """
 
-import base64
 import contextlib
 import fcntl
 import json
 import os
 import threading
 import time
+from collections import OrderedDict
 
 from . import safeio
 from .log import log
-from .state import State
+from .segments import Base64Lines, JSONLines, Segments, unpack_position
+from .state import FORMAT, State
 
-SNAPSHOT_FORMAT = "mu-store-1"
-PACK_ROTATE_BYTES = 256 * 1024 * 1024
-PACK_SUFFIX = ".jsonl"
 COMPACT_MIN_JOURNAL_BYTES = 32 * 1024 * 1024
-# A pack is rewritten when at least half of it, and at least this much, belongs to
+# A segment is rewritten when at least half of it, and at least this much, belongs to
 # deleted messages; the scan that finds out runs at most this often.
 RECLAIM_MIN_DEAD_BYTES = 8 * 1024 * 1024
 RECLAIM_INTERVAL_SECONDS = 3600.0
+META_CACHE_ENTRIES = 4096
 
 
 class StoreError(Exception):
     """The store could not make a write durable; nothing was acknowledged."""
 
 
-class BlobPacks:
-    """Append-only pack files; a blob is named by `pack:offset:length` of its line.
+class Written:
+    """Where a commit's blobs and message records went: [(position, length)] each, in the
+    order they were given."""
+    __slots__ = ("blobs", "metas")
 
-    Each line is a JSON string of the blob in base64, so a pack is a JSON-lines file
-    like the journal; the 4/3 size costs less than an fsync per blob file would.
-
-    Appends happen only under the store's exclusive flock, so the open descriptor of
-    the current pack is cached until the pack is full.
-    """
-
-    def __init__(self, folder: str):
-        self.folder = safeio.ensure_dir(folder)
-        self._name = None
-        self._fd = None
-
-    def _open_current(self) -> tuple:
-        """(descriptor, size) of the pack to append to."""
-        if self._fd is not None:
-            # Packs rotate only when full, so below the limit the cached one is still current.
-            st = os.fstat(self._fd)
-            # (A pack emptied and removed by reclamation has no links left: never append there.)
-            if st.st_size < PACK_ROTATE_BYTES and st.st_nlink:
-                return self._fd, st.st_size
-            os.close(self._fd)
-            self._fd = None
-        newest = self._newest()
-        if newest and os.path.getsize(os.path.join(self.folder, newest)) < PACK_ROTATE_BYTES:
-            name = newest
-        else:
-            name = self._name_after(newest)
-        fd = safeio.open_append(os.path.join(self.folder, name))
-        if not newest or name != newest:
-            safeio.fsync_dir(self.folder)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            # A crash mid-append left a partial line no record points at: cut it off.
-            # (Only an opening can find one: this process always appends whole lines.)
-            with open(os.path.join(self.folder, name), "rb") as f:
-                size = f.read().rfind(b"\n") + 1
-            os.ftruncate(fd, size)
-        self._fd, self._name = fd, name
-        return fd, size
-
-    def _newest(self):
-        packs = sorted(n for n in os.listdir(self.folder) if n.endswith(PACK_SUFFIX))
-        return packs[-1] if packs else None
-
-    @staticmethod
-    def _name_after(newest) -> str:
-        return f"{(int(newest.split('.')[0]) + 1) if newest else 1:06d}{PACK_SUFFIX}"
-
-    def append(self, blobs) -> list:
-        """Write every blob durably (caller holds the store's flock); return their refs."""
-        if not blobs:
-            return []
-        fd, offset = self._open_current()
-        refs = []
-        try:
-            lines = [b'"' + base64.b64encode(blob) + b'"\n' for blob in blobs]
-            for line in lines:
-                refs.append(f"{self._name[:6]}:{offset}:{len(line)}")
-                offset += len(line)
-            safeio.write_all(fd, b"".join(lines))
-            safeio.sync_appended(fd)
-        except OSError:
-            os.close(fd)
-            self._fd = None
-            raise
-        return refs
-
-    def sizes(self) -> dict:
-        """Pack number (as in refs) -> size in bytes, for every pack."""
-        return {name[:6]: os.path.getsize(os.path.join(self.folder, name))
-                for name in os.listdir(self.folder) if name.endswith(PACK_SUFFIX)}
-
-    def copy_to_new_pack(self, refs) -> dict:
-        """Copy the blobs `refs` name, line for line, into a pack of their own (fsynced);
-        return old ref -> new ref. Appends then go on in the newest pack, as ever."""
-        name = self._name_after(self._newest())
-        fd = safeio.open_append(os.path.join(self.folder, name))
-        sources = {}   # pack -> descriptor, each opened once
-        moved, offset = {}, 0
-        try:
-            for ref in refs:
-                pack, start, length = ref.split(":")
-                if pack not in sources:
-                    sources[pack] = os.open(os.path.join(self.folder, pack + PACK_SUFFIX), os.O_RDONLY)
-                line = os.pread(sources[pack], int(length), int(start))
-                safeio.write_all(fd, line)
-                moved[ref] = f"{name[:6]}:{offset}:{len(line)}"
-                offset += len(line)
-            os.fsync(fd)
-        finally:
-            for source in sources.values():
-                os.close(source)
-            os.close(fd)
-        safeio.fsync_dir(self.folder)
-        self.forget_current()   # the cached pack is no longer the newest
-        return moved
-
-    def forget_current(self) -> None:
-        """Close the cached pack; the next append opens the newest one."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def remove(self, pack: str) -> None:
-        os.unlink(os.path.join(self.folder, pack + PACK_SUFFIX))
-        safeio.fsync_dir(self.folder)
-
-    def read(self, ref: str) -> bytes:
-        pack, offset, length = ref.split(":")
-        if not pack.isdigit():
-            raise KeyError(ref)
-        fd = os.open(os.path.join(self.folder, pack + PACK_SUFFIX), os.O_RDONLY)
-        try:
-            line = os.pread(fd, int(length), int(offset))
-        finally:
-            os.close(fd)
-        return base64.b64decode(line.strip()[1:-1])
-
-
-def _reclaimable(sizes: dict, live: dict, min_dead_bytes: int) -> tuple:
-    """(packs nothing points at, other than the newest; packs mostly dead, the newest
-    included: rewriting it, even with nothing left to copy, starts a new newest pack)."""
-    newest = max(sizes) if sizes else None
-    unused = [p for p in sizes if not live.get(p) and p != newest]
-    mostly_dead = [p for p in sizes if p not in unused and sizes[p] > live.get(p, 0)
-                   and sizes[p] - live.get(p, 0) >= max(min_dead_bytes, sizes[p] / 2)]
-    return unused, mostly_dead
+    def __init__(self, blobs, metas):
+        self.blobs, self.metas = blobs, metas
 
 
 class _Ticket:
-    __slots__ = ("build", "blobs", "done", "result", "error")
+    __slots__ = ("build", "blobs", "metas", "done", "result", "error")
 
-    def __init__(self, build, blobs):
-        self.build, self.blobs = build, blobs
+    def __init__(self, build, blobs, metas):
+        self.build, self.blobs, self.metas = build, blobs, metas
         self.done, self.result, self.error = False, None, None
 
 
@@ -196,7 +74,8 @@ class Store:
         self.snapshot_path = os.path.join(home, "mail.json")
         self.journal_path = os.path.join(home, "mail.journal")
         self.lock_path = os.path.join(home, ".lock")
-        self.blobs = BlobPacks(os.path.join(home, "blobs"))
+        self.blobs = Segments(os.path.join(home, "blobs"), Base64Lines())
+        self.meta = Segments(os.path.join(home, "meta"), JSONLines())
         self._mu = threading.RLock()
         self._cv = threading.Condition(threading.Lock())
         self._queue = []
@@ -208,12 +87,16 @@ class Store:
         self._journal_fd = None
         self._journal_fd_ino = None
         self._last_reclaim_check = time.monotonic()
+        self._meta_cache = OrderedDict()
+        self._meta_cache_lock = threading.Lock()
+        self.listeners = []   # callables(set of users) run after each change (IMAP IDLE)
         self._writer_lock_fd = safeio.open_lock_file(self.lock_path)
-        if not os.path.exists(self.snapshot_path):
-            with safeio.flocked(self.lock_path, exclusive=True):
-                if not os.path.exists(self.snapshot_path):
-                    safeio.write_json_atomic(self.snapshot_path,
-                                             {"format": SNAPSHOT_FORMAT, "seq": 0, "state": State().dump()})
+        with safeio.flocked(self.lock_path, exclusive=True):
+            if not os.path.exists(self.snapshot_path):
+                safeio.write_json_atomic(self.snapshot_path, {"format": FORMAT, "seq": 0, "state": State().dump()})
+            else:
+                from .upgrade import upgrade_if_needed
+                upgrade_if_needed(self)
         # Parse the snapshot without holding the lock (it is only ever replaced whole, by
         # rename), so a CLI command never stalls the server's writes while it loads.
         loaded = self._read_snapshot()
@@ -230,15 +113,16 @@ class Store:
         with open(self.snapshot_path, "rb") as f:
             ino = os.fstat(f.fileno()).st_ino
             snapshot = json.load(f)
-        if snapshot.get("format") != SNAPSHOT_FORMAT:
+        if snapshot.get("format") != FORMAT:
             raise StoreError(f"{self.snapshot_path}: unknown format {snapshot.get('format')!r}")
         return ino, snapshot["seq"], State.from_dump(snapshot["state"])
 
     def _load_all(self, truncate_torn: bool, snapshot: tuple = None) -> None:
         """Snapshot plus journal (caller holds flock and _mu)."""
-        # A new snapshot may come with a reclamation pass that made a new newest pack:
-        # append there from now on, so the old pack can empty and go.
+        # A new snapshot may come with a reclamation pass that made new segments: append
+        # there from now on, so the old ones can empty and go.
         self.blobs.forget_current()
+        self.meta.forget_current()
         _ino, self._seq, self.state = snapshot or self._read_snapshot()
         self._journal_ino, self._journal_offset = None, 0
         if not os.path.exists(self.journal_path):
@@ -247,6 +131,7 @@ class Store:
             safeio.fsync_dir(self.home)
         self._journal_ino = os.stat(self.journal_path).st_ino
         self._read_journal_tail(truncate_torn)
+        self._notify(set(self.state.mail))
 
     def _read_journal_tail(self, truncate_torn: bool) -> None:
         with open(self.journal_path, "rb") as f:
@@ -256,6 +141,7 @@ class Store:
         if end < len(data) and truncate_torn:
             # A crash mid-append left a partial line; it was never acknowledged.
             os.truncate(self.journal_path, self._journal_offset + end)
+        touched = set()
         for line in data[:end].splitlines():
             if not line.strip():
                 continue
@@ -267,7 +153,11 @@ class Store:
             if record.get("seq", 0) > self._seq:
                 self.state.apply(record)
                 self._seq = record["seq"]
+                if "user" in record:
+                    touched.add(record["user"])
         self._journal_offset += end
+        if touched:
+            self._notify(touched)
 
     def _catch_up(self, truncate_torn: bool) -> None:
         """Apply what other processes appended (caller holds flock and _mu)."""
@@ -280,36 +170,93 @@ class Store:
         elif st.st_size > self._journal_offset:
             self._read_journal_tail(truncate_torn)
 
-    def _changed_on_disk(self) -> bool:
+    def changed_on_disk(self) -> bool:
         try:
             st = os.stat(self.journal_path)
         except FileNotFoundError:
             return True
         return st.st_ino != self._journal_ino or st.st_size != self._journal_offset
 
-    @contextlib.contextmanager
-    def reading(self):
-        """Hold the in-memory state, fresh with every other process's writes."""
-        if self._changed_on_disk() and not self._leader_active:
+    def catch_up(self) -> None:
+        """Pick up what other processes wrote (IMAP IDLE calls this to see CLI imports)."""
+        if self.changed_on_disk() and not self._leader_active:
             with safeio.flocked(self.lock_path, exclusive=False):
                 with self._mu:
                     self._catch_up(truncate_torn=False)
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Hold the in-memory state, fresh with every other process's writes."""
+        self.catch_up()
         with self._mu:
             yield self.state
 
-    def read_blob(self, ref: str) -> bytes:
-        return self.blobs.read(ref)
+    # ---------------------------------------------------------------- bytes on disk
+
+    def blob(self, number: int) -> bytes:
+        """The bytes of blob `number`, read outside the lock (blobs never change)."""
+        with self._mu:
+            pos, length = self.state.blobs.pos[number], self.state.blobs.len[number]
+        return self.blobs.read(pos, length)
+
+    def meta_record(self, n: int) -> dict:
+        """Message n's record, with the fields changed since it was written (a shared,
+        cached dict when nothing changed: callers must not change it)."""
+        with self._mu:
+            pos, length = self.state.messages.meta_pos[n], self.state.messages.meta_len[n]
+            overlay = self.state.overlay.get(n)
+            overlay = dict(overlay) if overlay else None
+        record = self.meta_at(pos, length)
+        return dict(record, **overlay) if overlay else record
+
+    def fold_overlays(self, done) -> int:
+        """Write a new version of each record whose overlay `done(fields)` says is final,
+        and drop the overlay; return how many. (The store chores thread calls this.)"""
+        with self.reading() as state:
+            todo = [(n, dict(fields), state.messages.meta_pos[n]) for n, fields in state.overlay.items()
+                    if done(fields)]
+        folded = 0
+        for n, fields, pos in todo:
+            record = dict(self.meta_at(pos, self.state.messages.meta_len[n], cache=False), **fields)
+            meta = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+            def build(state, written, n=n, fields=fields, pos=pos):
+                if state.messages.meta_pos[n] != pos or state.overlay.get(n) != fields:
+                    return [], 0   # changed meanwhile: the next pass folds it
+                return [{"op": "msg.meta", "n": n, "meta": list(written.metas[0]), "folded": True}], 1
+
+            folded += self.commit(build, metas=[meta])
+        return folded
+
+    def meta_at(self, pos: int, length: int, cache: bool = True) -> dict:
+        if not cache:
+            with self._meta_cache_lock:
+                record = self._meta_cache.get(pos)
+            return record if record is not None else self.meta.read(pos, length)
+        with self._meta_cache_lock:
+            record = self._meta_cache.get(pos)
+            if record is not None:
+                self._meta_cache.move_to_end(pos)
+                return record
+        record = self.meta.read(pos, length)
+        with self._meta_cache_lock:
+            self._meta_cache[pos] = record
+            if len(self._meta_cache) > META_CACHE_ENTRIES:
+                self._meta_cache.popitem(last=False)
+        return record
 
     # ---------------------------------------------------------------- writing
 
-    def commit(self, build, blobs=()):
-        """Durably apply what `build(state, blob_refs) -> (records, result)` returns.
+    def commit(self, build, blobs=(), metas=()):
+        """Durably apply what `build(state, written) -> (records, result)` returns.
 
-        `build` runs with the state current across processes and must not mutate it;
-        raising from it aborts this commit only. Returns `result` once the records
-        are fsynced; raises StoreError if they could not be.
+        `blobs` are bytes for the blob packs, `metas` serialised JSON objects for the meta
+        segments; both are on disk before `build` runs, and `written` (a `Written`) says
+        where. `build` runs with the state current across processes and must not mutate
+        it; raising from it aborts this commit only. Returns `result` once the records are
+        fsynced; raises StoreError if they could not be.
         """
-        ticket = _Ticket(build, list(blobs))
+        ticket = _Ticket(build, list(blobs), list(metas))
         with self._cv:
             self._queue.append(ticket)
             while not ticket.done:
@@ -341,17 +288,20 @@ class Store:
             fcntl.flock(self._writer_lock_fd, fcntl.LOCK_UN)
 
     def _write_batch(self, batch) -> None:
+        touched = set()
         try:
             with self._writer_lock():
                 with self._mu:
                     self._catch_up(truncate_torn=True)
-                refs = self.blobs.append([b for t in batch for b in t.blobs])
+                blob_pos = self.blobs.append([b for t in batch for b in t.blobs])
+                meta_pos = self.meta.append([m for t in batch for m in t.metas])
                 lines = []
                 with self._mu:
                     for t in batch:
-                        mine, refs = refs[:len(t.blobs)], refs[len(t.blobs):]
+                        mine_b, blob_pos = blob_pos[:len(t.blobs)], blob_pos[len(t.blobs):]
+                        mine_m, meta_pos = meta_pos[:len(t.metas)], meta_pos[len(t.metas):]
                         try:
-                            records, t.result = t.build(self.state, mine)
+                            records, t.result = t.build(self.state, Written(mine_b, mine_m))
                         except Exception as exc:  # validation failure: this ticket only
                             t.error = exc
                             continue
@@ -362,6 +312,8 @@ class Store:
                             # Applied now so later tickets in the batch see it; undone by
                             # a reload below if the write fails.
                             self.state.apply(record)
+                            if "user" in record:
+                                touched.add(record["user"])
                 if lines:
                     self._append_lines(lines)
         except Exception as exc:
@@ -373,6 +325,9 @@ class Store:
             with safeio.flocked(self.lock_path, exclusive=True):
                 with self._mu:
                     self._load_all(truncate_torn=True)
+            return
+        if touched:
+            self._notify(touched)
 
     def _append_lines(self, lines) -> None:
         """Append to the journal (caller holds the writer flock and has just caught up,
@@ -396,6 +351,13 @@ class Store:
         with self._mu:
             self._journal_offset += len(data)
 
+    def _notify(self, users: set) -> None:
+        for listener in self.listeners:
+            try:
+                listener(users)
+            except Exception as exc:   # a listener's bug must not fail a commit
+                log("store", f"change listener failed: {exc!r}")
+
     # ---------------------------------------------------------------- compaction
 
     def journal_bytes(self) -> int:
@@ -410,7 +372,7 @@ class Store:
 
     def _snapshot_and_reset_journal(self) -> None:
         """(Caller holds the exclusive flock and _mu, and has caught up.)"""
-        snapshot = {"format": SNAPSHOT_FORMAT, "seq": self._seq, "state": self.state.dump()}
+        snapshot = {"format": FORMAT, "seq": self._seq, "state": self.state.dump()}
         safeio.write_json_atomic(self.snapshot_path, snapshot)
         fresh = self.journal_path + ".new"
         fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, safeio.FILE_MODE)
@@ -421,65 +383,6 @@ class Store:
         self._journal_ino = os.stat(self.journal_path).st_ino
         self._journal_offset = 0
 
-    # ---------------------------------------------------------------- blob reclamation
-
-    def _pack_usage(self) -> tuple:
-        """(pack -> size, pack -> live bytes, pack -> live refs) (caller holds _mu)."""
-        sizes = self.blobs.sizes()
-        live = dict.fromkeys(sizes, 0)
-        refs = {}
-        for holder, key in self.state.blob_holders():
-            ref = holder[key]
-            pack, _offset, length = ref.split(":")
-            live[pack] = live.get(pack, 0) + int(length)
-            refs.setdefault(pack, set()).add(ref)
-        return sizes, live, refs
-
-    def reclaim_blobs(self, min_dead_bytes: int = RECLAIM_MIN_DEAD_BYTES, always_compact: bool = False,
-                      max_packs: int = None) -> dict:
-        """Give back the disk space of deleted messages' bodies, raw copies and attachments.
-
-        A pack mostly (≥ half, ≥ `min_dead_bytes`) made of dead blobs has its live blobs
-        copied to a new pack; the refs are rewritten and made durable by a fresh snapshot.
-        The emptied pack is removed only by the next pass, so a reader in this or another
-        process still holding an old ref can read it meanwhile; a pack that nothing points
-        at when a pass starts (emptied by the last pass, or orphaned by a crash during
-        one) is removed then. The newest pack, where appends go, is never removed.
-        Writes wait while live blobs are copied, so a pass can be held to the `max_packs`
-        deadest packs (each under half a pack, some 128 MiB, to copy).
-        """
-        with safeio.flocked(self.lock_path, exclusive=True):
-            with self._mu:
-                self._catch_up(truncate_torn=True)
-                sizes, live, refs = self._pack_usage()
-                unused, mostly_dead = _reclaimable(sizes, live, min_dead_bytes)
-                mostly_dead = sorted(mostly_dead, key=lambda p: live.get(p, 0) - sizes[p])[:max_packs]
-                if mostly_dead:
-                    moved = self.blobs.copy_to_new_pack(sorted(r for p in mostly_dead for r in refs.get(p, ())))
-                    for holder, key in self.state.blob_holders():
-                        holder[key] = moved.get(holder[key], holder[key])
-                if mostly_dead or always_compact:
-                    self._snapshot_and_reset_journal()
-                for pack in unused:
-                    self.blobs.remove(pack)
-        freed = sum(sizes[p] for p in unused)
-        if unused or mostly_dead:
-            log("store", f"blob packs: {len(mostly_dead)} rewritten, {len(unused)} removed ({freed} bytes freed)")
-        return {"rewritten": mostly_dead, "removed": unused, "bytes_freed": freed}
-
-    def maybe_reclaim(self) -> bool:
-        """The sweeper's hourly look at the packs: reclaim when there is something to."""
-        now = time.monotonic()
-        if now - self._last_reclaim_check < RECLAIM_INTERVAL_SECONDS:
-            return False
-        self._last_reclaim_check = now
-        with self.reading():
-            sizes, live, _refs = self._pack_usage()
-        if any(_reclaimable(sizes, live, RECLAIM_MIN_DEAD_BYTES)):
-            self.reclaim_blobs(max_packs=1)
-            return True
-        return False
-
     def maybe_compact(self) -> bool:
         try:
             snapshot_bytes = os.path.getsize(self.snapshot_path)
@@ -489,3 +392,110 @@ class Store:
             self.compact()
             return True
         return False
+
+    # ---------------------------------------------------------------- reclamation
+
+    def _usage(self) -> dict:
+        """For each family ('blobs', 'meta'): (segment -> size, segment -> live bytes,
+        segment -> [(pos, length)] live lines). Caller holds _mu."""
+        state = self.state
+        live = state.live_messages()
+        out = {}
+        for family, segments in (("blobs", self.blobs), ("meta", self.meta)):
+            sizes = segments.sizes()
+            live_bytes = dict.fromkeys(sizes, 0)
+            lines = {}
+            out[family] = (sizes, live_bytes, lines)
+        msgs = state.messages
+        blob_sizes, blob_live, blob_lines = out["blobs"]
+        meta_sizes, meta_live, meta_lines = out["meta"]
+        for n in live:
+            pos, length = msgs.meta_pos[n], msgs.meta_len[n]
+            seg = unpack_position(pos)[0]
+            meta_live[seg] = meta_live.get(seg, 0) + length
+            meta_lines.setdefault(seg, []).append((pos, length))
+            for b in state.blob_numbers(n):
+                pos, length = state.blobs.pos[b], state.blobs.len[b]
+                seg = unpack_position(pos)[0]
+                blob_live[seg] = blob_live.get(seg, 0) + length
+                blob_lines.setdefault(seg, []).append((pos, length))
+        return out
+
+    @staticmethod
+    def _reclaimable(sizes: dict, live: dict, min_dead_bytes: int) -> tuple:
+        """(segments nothing points at, other than the newest; segments mostly dead, the
+        newest included: rewriting it, even with nothing to copy, starts a new newest one)."""
+        newest = max(sizes) if sizes else None
+        unused = [s for s in sizes if not live.get(s) and s != newest]
+        mostly_dead = [s for s in sizes if s not in unused and sizes[s] > live.get(s, 0)
+                       and sizes[s] - live.get(s, 0) >= max(min_dead_bytes, sizes[s] / 2)]
+        return unused, mostly_dead
+
+    def reclaim(self, min_dead_bytes: int = RECLAIM_MIN_DEAD_BYTES, always_compact: bool = False,
+                max_segments: int = None) -> dict:
+        """Give back the disk space of deleted messages' records, raw copies, bodies and
+        attachments.
+
+        A segment mostly (≥ half, ≥ `min_dead_bytes`) made of dead lines has its live lines
+        copied to a new segment; the positions are rewritten and made durable by a fresh
+        snapshot. The emptied segment is removed only by the next pass, so a reader in this
+        or another process still holding an old position can read it meanwhile; a segment
+        nothing points at when a pass starts is removed then. The newest segment, where
+        appends go, is never removed. Writes wait while live lines are copied, so a pass can
+        be held to the `max_segments` deadest segments of each family.
+        """
+        from .backup import removal_allowed
+        rewritten, removed, freed = [], [], 0
+        with safeio.flocked(self.lock_path, exclusive=True):
+            may_remove = removal_allowed(self.home)   # not while a backup copies segments
+            with self._mu:
+                self._catch_up(truncate_torn=True)
+                usage = self._usage()
+                changed = False
+                for family, segments in (("blobs", self.blobs), ("meta", self.meta)):
+                    sizes, live, lines = usage[family]
+                    unused, mostly_dead = self._reclaimable(sizes, live, min_dead_bytes)
+                    unused = unused if may_remove else []
+                    mostly_dead = sorted(mostly_dead, key=lambda s: live.get(s, 0) - sizes[s])[:max_segments]
+                    if mostly_dead:
+                        moved = segments.copy_to_new(sorted(p for s in mostly_dead for p in lines.get(s, ())))
+                        self._move_positions(family, moved)
+                        changed = True
+                    for seg in unused:
+                        segments.remove(seg)
+                        freed += sizes[seg]
+                    rewritten += [f"{family}/{s:06d}" for s in mostly_dead]
+                    removed += [f"{family}/{s:06d}" for s in unused]
+                if changed or always_compact:
+                    self._snapshot_and_reset_journal()
+        if rewritten or removed:
+            log("store", f"segments: {len(rewritten)} rewritten, {len(removed)} removed ({freed} bytes freed)")
+        return {"rewritten": rewritten, "removed": removed, "bytes_freed": freed}
+
+    def _move_positions(self, family: str, moved: dict) -> None:
+        column = self.state.blobs.pos if family == "blobs" else self.state.messages.meta_pos
+        for i, pos in enumerate(column):
+            new = moved.get(pos)
+            if new is not None:
+                column[i] = new
+        if family == "meta":
+            with self._meta_cache_lock:
+                self._meta_cache.clear()
+
+    def maybe_reclaim(self) -> bool:
+        """The hourly look at the segments: reclaim when there is something to."""
+        now = time.monotonic()
+        if now - self._last_reclaim_check < RECLAIM_INTERVAL_SECONDS:
+            return False
+        self._last_reclaim_check = now
+        with self.reading():
+            usage = self._usage()
+        if any(any(self._reclaimable(sizes, live, RECLAIM_MIN_DEAD_BYTES)) for sizes, live, _ in usage.values()):
+            self.reclaim(max_segments=1)
+            return True
+        return False
+
+    # Kept for the callers of the previous name.
+    def reclaim_blobs(self, min_dead_bytes: int = RECLAIM_MIN_DEAD_BYTES, always_compact: bool = False,
+                      max_packs: int = None) -> dict:
+        return self.reclaim(min_dead_bytes, always_compact, max_packs)

@@ -206,6 +206,6 @@ def test_plain_mailbox_shapes_take_the_fast_path():
 @FUZZ
 @given(st.lists(st.sampled_from(["a", "bc", " ", "\n", "\t\t", "word ", "  " * 300, "x" * 250, "é"]), max_size=60))
 def test_snippet_is_the_start_of_the_whitespace_normalised_text(pieces):
-    from mu.mailbox import SNIPPET_CHARS, snippet
+    from mu.records import SNIPPET_CHARS, snippet
     text = "".join(pieces)
     assert snippet(text) == " ".join(text.split())[:SNIPPET_CHARS]

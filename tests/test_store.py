@@ -73,7 +73,7 @@ def test_compaction_keeps_state_and_replay_is_idempotent(tmp_path):
 def test_failed_build_writes_nothing(tmp_path):
     s = Store(str(tmp_path))
 
-    def bad(state, refs):
+    def bad(state, written):
         raise ValueError("nope")
 
     with pytest.raises(ValueError):
@@ -81,10 +81,12 @@ def test_failed_build_writes_nothing(tmp_path):
     assert (tmp_path / "mail.journal").read_bytes() == b""
 
 
-def test_blobs_round_trip(tmp_path):
+def test_blobs_and_records_round_trip(tmp_path):
     s = Store(str(tmp_path))
-    refs = s.commit(lambda state, refs: ([], refs), blobs=[b"one", b"\x00two" * 1000])
-    assert s.read_blob(refs[0]) == b"one" and s.read_blob(refs[1]) == b"\x00two" * 1000
+    written = s.commit(lambda state, written: ([], written), blobs=[b"one", b"\x00two" * 1000],
+                       metas=[b'{"subject":"hi"}'])
+    assert s.blobs.read(*written.blobs[0]) == b"one" and s.blobs.read(*written.blobs[1]) == b"\x00two" * 1000
+    assert s.meta.read(*written.metas[0]) == {"subject": "hi"}
 
 
 CHILD = r"""
@@ -95,7 +97,7 @@ s = Store(sys.argv[1])
 i = int(sys.argv[3])
 while True:
     name = f"m{i}"
-    s.commit(lambda st, refs: ([{"op": "user.put", "name": name, "fields": {"blob": refs[0]}}], None),
+    s.commit(lambda st, w: ([{"op": "user.put", "name": name, "fields": {"blob": list(w.blobs[0])}}], None),
              blobs=[name.encode() * 50])
     sys.stdout.write(name + "\n"); sys.stdout.flush()
     i += 1
@@ -121,7 +123,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
             missing = [n for n in acknowledged if n not in state.users]
             assert not missing, f"round {round_}: lost {missing[:5]}"
             for n in acknowledged[-5:]:
-                assert s.read_blob(state.users[n]["blob"]) == n.encode() * 50
+                assert s.blobs.read(*state.users[n]["blob"]) == n.encode() * 50
     assert len(acknowledged) > 20
 
 
@@ -148,41 +150,55 @@ def test_every_file_is_json_or_json_lines(make_mu):
 
 def test_torn_blob_line_is_cut_before_the_next_append(tmp_path):
     s = Store(str(tmp_path))
-    s.commit(lambda state, refs: ([], refs), blobs=[b"first"])
+    s.commit(lambda state, written: ([], written), blobs=[b"first"])
     pack = next((tmp_path / "blobs").iterdir())
     with open(pack, "ab") as f:
         f.write(b'"dG9ybg')          # a crash mid-append
     s2 = Store(str(tmp_path))
-    refs = s2.commit(lambda state, refs: ([], refs), blobs=[b"second"])
-    assert s2.read_blob(refs[0]) == b"second"
+    written = s2.commit(lambda state, written: ([], written), blobs=[b"second"])
+    assert s2.blobs.read(*written.blobs[0]) == b"second"
     assert [json.loads(l) for l in pack.read_bytes().splitlines()] == ["Zmlyc3Q=", "c2Vjb25k"]
 
 
-# ---------------------------------------------------------------- blob reclamation
+# ---------------------------------------------------------------- reclamation
+
+def _mailstore(store):
+    from mu import config as config_mod
+    from mu.mailstore import MailStore
+    with store.reading() as state:
+        present = "alice" in state.users
+    if not present:
+        store.commit(lambda state, w: ([] if "alice" in state.users else [
+            {"op": "user.put", "name": "alice", "fields": {"created_at": 1_700_000_000}}], None))
+    return MailStore(store, config_mod.load({"MU_HOME": store.home}))
+
 
 def add_message(store, i: int, size: int = 50_000, user: str = "alice") -> str:
-    """A received message whose raw copy is a `size`-byte blob; returns its id."""
-    mid = f"{i:020x}"
-    body = (mid.encode() * (size // 20 + 1))[:size]
+    """A received message whose raw copy is a `size`-byte blob starting with a tag of i;
+    returns its id."""
+    from mu.records import NewMessage
+    tag = f"{i:020x}".encode()
+    raw = (tag * (size // 20 + 1))[:size]
+    new = NewMessage({"kind": "inbound", "subject": str(i), "owners": [user], "attachments": []}, raw)
+    return _mailstore(store).store_message(new, [(user, "INBOX", [], i, 0)])["id"]
 
-    def build(state, refs):
-        msg = {"id": mid, "kind": "inbound", "from": "x@example.org", "from_addr": "x@example.org",
-               "from_name": "", "to": [user], "subject": str(i), "snippet": "", "body": "",
-               "created_at": i, "message_id": f"<{i}@test>", "thread_id": mid, "in_reply_to": "",
-               "references": [], "raw_blob": refs[0], "attachments": [],
-               "boxes": {user: {"folder": "inbox", "read": False}}}
-        return [{"op": "msg.add", "msg": msg}], mid
-    return store.commit(build, blobs=[body])
+
+def tag_of(i: int) -> bytes:
+    return f"{i:020x}".encode()
 
 
 def delete_message(store, mid: str, user: str = "alice") -> None:
-    store.commit(lambda state, refs: ([{"op": "box.del", "id": mid, "user": user}], None))
+    ms = _mailstore(store)
+    with store.reading() as state:
+        n = state.messages.number_of(mid)
+        uids = [box.uids[i] for box, i in state.mail[user].entries_of(n)]
+    ms.expunge(user, "INBOX", uids, deleted_only=False)
 
 
 def raw_of(store, mid: str) -> bytes:
     with store.reading() as state:
-        ref = state.messages[mid]["raw_blob"]
-    return store.read_blob(ref)
+        n = state.messages.number_of(mid)
+    return _mailstore(store).raw_of(n)
 
 
 def packs(home) -> dict:
@@ -201,46 +217,46 @@ def test_reclaim_gives_back_deleted_messages_space_and_keeps_the_rest(tmp_path):
     before = sum(packs(home).values())
     other = Store(home)   # another process's view, loaded before the pass
     with other.reading() as state:
-        old_ref = state.messages[keep[0]]["raw_blob"]
+        n0 = state.messages.number_of(keep[0])
+        old_pos = state.blobs.pos[state.messages.first_blob[n0]], state.blobs.len[state.messages.first_blob[n0]]
 
-    first = s.reclaim_blobs(min_dead_bytes=0)
-    assert first["rewritten"] == ["000001"] and first["removed"] == []
-    assert other.read_blob(old_ref) == raw_of(s, keep[0])   # old refs still read until the next pass
-    for mid in keep:
-        assert raw_of(s, mid) == raw_of(Store(home), mid) and len(raw_of(s, mid)) == 50_000
+    first = s.reclaim(min_dead_bytes=0)
+    assert set(first["rewritten"]) == {"blobs/000001", "meta/000001"} and first["removed"] == []
+    assert other.blobs.read(*old_pos) == raw_of(s, keep[0])   # old positions still read until the next pass
+    for i, mid in zip(range(0, 20, 4), keep):
+        assert raw_of(s, mid) == raw_of(Store(home), mid) and raw_of(s, mid)[:20] == tag_of(i)
 
-    second = s.reclaim_blobs(min_dead_bytes=0)
-    assert second["removed"] == ["000001"] and second["bytes_freed"] > 0
+    second = s.reclaim(min_dead_bytes=0)
+    assert set(second["removed"]) == {"blobs/000001", "meta/000001"} and second["bytes_freed"] > 0
     assert "000001.jsonl" not in packs(home)
     after = sum(packs(home).values())
     assert after < before * 0.35, (before, after)
     fresh = Store(home)
-    assert [raw_of(fresh, mid)[:20] for mid in keep] == [mid.encode() for mid in keep]
-    with other.reading() as state:   # the other process caught up with the new refs
-        assert other.read_blob(state.messages[keep[0]]["raw_blob"]) == raw_of(s, keep[0])
+    assert [raw_of(fresh, mid)[:20] for mid in keep] == [tag_of(i) for i in range(0, 20, 4)]
+    assert raw_of(other, keep[0]) == raw_of(s, keep[0])   # the other process caught up with the moves
     new = add_message(s, 99)   # appends go on after a pass
-    assert raw_of(Store(home), new)[:20] == new.encode()
-    assert s.reclaim_blobs(min_dead_bytes=0) == {"rewritten": [], "removed": [], "bytes_freed": 0}
+    assert raw_of(Store(home), new)[:20] == tag_of(99)
+    assert s.reclaim(min_dead_bytes=0) == {"rewritten": [], "removed": [], "bytes_freed": 0}
 
 
 def test_deleting_everything_gives_the_space_back_too(tmp_path):
     s = Store(str(tmp_path))
     for mid in [add_message(s, i) for i in range(5)]:
         delete_message(s, mid)
-    assert s.reclaim_blobs(min_dead_bytes=0)["rewritten"] == ["000001"]   # a new newest pack
-    assert s.reclaim_blobs(min_dead_bytes=0)["removed"] == ["000001"]
-    assert s.reclaim_blobs(min_dead_bytes=0) == {"rewritten": [], "removed": [], "bytes_freed": 0}
+    assert "blobs/000001" in s.reclaim(min_dead_bytes=0)["rewritten"]   # a new newest pack
+    assert "blobs/000001" in s.reclaim(min_dead_bytes=0)["removed"]
+    assert s.reclaim(min_dead_bytes=0) == {"rewritten": [], "removed": [], "bytes_freed": 0}
     assert sum(packs(str(tmp_path)).values()) == 0
     mid = add_message(s, 7)
-    assert raw_of(Store(str(tmp_path)), mid)[:20] == mid.encode()
+    assert raw_of(Store(str(tmp_path)), mid)[:20] == tag_of(7)
 
 
 def test_reclaim_leaves_a_pack_that_is_mostly_alive(tmp_path):
     s = Store(str(tmp_path))
     ids = [add_message(s, i) for i in range(10)]
     delete_message(s, ids[0])
-    assert s.reclaim_blobs(min_dead_bytes=0)["rewritten"] == []
-    assert s.reclaim_blobs()["rewritten"] == []   # nor below the default minimum
+    assert s.reclaim(min_dead_bytes=0)["rewritten"] == []
+    assert s.reclaim()["rewritten"] == []   # nor below the default minimum
 
 
 RECLAIM_CHILD = r"""
@@ -253,15 +269,15 @@ i = int(sys.argv[3])
 alive = []
 while True:
     alive.append(add_message(s, i, size=random.randint(1, 30_000)))
-    print("add", alive[-1], flush=True)
+    print("add", alive[-1], i, flush=True)
     i += 1
     if len(alive) > 5 and random.random() < 0.6:
         mid = alive.pop(random.randrange(len(alive)))
-        print("deleting", mid, flush=True)
+        print("deleting", mid, 0, flush=True)
         delete_message(s, mid)
-        print("deleted", mid, flush=True)
+        print("deleted", mid, 0, flush=True)
     if random.random() < 0.2:
-        s.reclaim_blobs(min_dead_bytes=0)
+        s.reclaim(min_dead_bytes=0)
 """
 
 
@@ -270,7 +286,7 @@ def test_sigkill_during_reclaim_loses_nothing(tmp_path):
     added and not deleted reads back whole after each reload."""
     home = str(tmp_path / "home")
     os.makedirs(home)
-    added, deleted, start = [], set(), 0
+    added, deleted, start = {}, set(), 0
     for round_ in range(12):
         child = subprocess.Popen([sys.executable, "-c", RECLAIM_CHILD, home, ROOT, str(start)],
                                  stdout=subprocess.PIPE, cwd=ROOT)
@@ -279,17 +295,17 @@ def test_sigkill_during_reclaim_loses_nothing(tmp_path):
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()
         for line in (first + out).decode().split("\n")[:-1]:   # whole lines only: the kill may cut one
-            kind, mid = line.split()
+            kind, mid, i = line.split()
             if kind == "add":
-                added.append(mid)
+                added[mid] = int(i)
             else:
                 deleted.add(mid)   # "deleting" too: it may or may not have happened
         start += 1_000_000
         s = Store(home)
-        for mid in added:
+        for mid, i in added.items():
             if mid not in deleted:
                 raw = raw_of(s, mid)
-                assert raw == (mid.encode() * (len(raw) // 20 + 1))[:len(raw)], f"round {round_}: {mid}"
+                assert raw == (tag_of(i) * (len(raw) // 20 + 1))[:len(raw)], f"round {round_}: {mid}"
     assert len(added) - len(deleted) > 20
     assert "000001.jsonl" not in packs(home)   # passes did run, and removed packs
 
@@ -312,12 +328,12 @@ def test_compact_command_gives_back_space_while_the_server_runs(make_mu):
         assert mu.http("DELETE", f"/api/mail/{m['id']}", token).status in (200, 204)
     blobs = os.path.join(mu.home, "blobs")
     before = sum(os.path.getsize(os.path.join(blobs, n)) for n in os.listdir(blobs))
-    assert "1 rewritten" in mu.cli("compact").stdout
+    assert "2 rewritten" in mu.cli("compact").stdout   # the blob pack and the record segment
     for mid, raw in keep.items():   # the server reads through the new refs at once
         assert mu.http("GET", f"/api/mail/{mid}/raw", token).body == raw
     with smtplib.SMTP("127.0.0.1", mu.smtp_port) as s:   # and appends to the new pack
         s.sendmail("a@example.org", [f"{name}@{mu.domain}"], b"Subject: later\r\n\r\n" + b"\r\n".join([b"x" * 70] * 80) + b"\r\n")
-    assert "1 removed" in mu.cli("compact").stdout
+    assert "2 removed" in mu.cli("compact").stdout
     after = sum(os.path.getsize(os.path.join(blobs, n)) for n in os.listdir(blobs))
     assert after < before / 3, (before, after)
     for mid, raw in keep.items():
@@ -342,4 +358,4 @@ def test_sweeper_reclaims_hourly_and_only_when_worth_it(tmp_path, monkeypatch):
     assert s.maybe_reclaim() is False                      # checked within the hour
     s._last_reclaim_check -= store_mod.RECLAIM_INTERVAL_SECONDS
     assert s.maybe_reclaim() is True
-    assert [raw_of(Store(str(tmp_path)), mid)[:20] for mid in ids[8:]] == [mid.encode() for mid in ids[8:]]
+    assert [raw_of(Store(str(tmp_path)), mid)[:20] for mid in ids[8:]] == [tag_of(8), tag_of(9)]

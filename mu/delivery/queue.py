@@ -192,14 +192,17 @@ class DeliveryQueue:
             session.close()
         return None
 
+    def _message_number(self, state, entry):
+        return state.messages.number_of(entry["msg"]) if entry else None
+
     def _load(self, qid: str):
         with self.store.reading() as state:
             entry = state.queue.get(qid)
-            msg = entry and state.messages.get(entry["msg"])
-            if not entry or not msg:
+            n = self._message_number(state, entry)
+            if n is None:
                 return None
-            entry, raw_ref = dict(entry), msg.get("raw_blob")
-        return entry, self.signer.sign(self.store.read_blob(raw_ref))
+            entry = dict(entry)
+        return entry, self.signer.sign(self.mailbox.mailstore.raw_of(n))
 
     def _record(self, qid: str, results: dict, default=None) -> None:
         """Commit one entry's outcome: done, deferred, or failed (with bounce and refund)."""
@@ -210,7 +213,8 @@ class DeliveryQueue:
             entry = state.queue.get(qid)
             if entry is None:
                 return [], None
-            msg = state.messages.get(entry["msg"])
+            n = self._message_number(state, entry)
+            msg = self.store.meta_record(n) if n is not None else None
             attempts = entry["attempts"] + 1
             expired = now - entry["created_at"] >= self.config.queue_lifetime_seconds
             delivery = dict(msg.get("delivery", {})) if msg else {}
@@ -261,7 +265,9 @@ class DeliveryQueue:
             self._bounce(entry, msg, bounce)
 
     def _bounce(self, entry: dict, msg: dict, failures: dict) -> None:
-        raw = self.store.read_blob(msg["raw_blob"]) if msg.get("raw_blob") else b""
+        with self.store.reading() as state:
+            n = self._message_number(state, entry)
+        raw = self.mailbox.mailstore.raw_of(n) if n is not None else b""
         headers = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
         report = dsn.build_bounce(domain=self.config.domain, reporting_host=self.config.domain,
                                   sender=entry["from_addr"], original_subject=msg.get("subject", ""),

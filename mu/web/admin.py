@@ -104,7 +104,9 @@ def install(web, app):
         require_admin()
         with app.store.reading() as state:
             queue = sorted((dict(e, id=q) for q, e in state.queue.items()), key=lambda e: e["next_try"])
-            subjects = {e["msg"]: state.messages.get(e["msg"], {}).get("subject", "") for e in queue}
+            numbers = {e["msg"]: state.messages.number_of(e["msg"]) for e in queue}
+        subjects = {msg_id: app.store.meta_record(n).get("subject", "") if n is not None else ""
+                    for msg_id, n in numbers.items()}
         return render("admin_mail", events=app.events.recent()[:200], queue=queue, subjects=subjects,
                       dkim=app.signer.status_text())
 

@@ -60,7 +60,8 @@ def install(web, app):
         try:
             if q:
                 _, unread = mailbox.list(user["name"], folder, limit=1)   # also checks the folder name
-                messages = mailbox.search(user["name"], q, limit=limit, with_body=True, folders=(folder,))
+                messages = mailbox.search(user["name"], q, limit=limit, with_body=True,
+                                          folder=request.query.get("folder") or None)
             else:
                 messages, unread = mailbox.list(user["name"], folder, limit=limit,
                                                 before=request.query.get("before") or None, with_body=True)
