@@ -13,7 +13,6 @@ generated mbox, measured at 1,000, 100,000, 200,000 and MU_BENCH_MESSAGES (defau
 import http.client
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from conftest import MU, Mu, free_port, wait_for  # noqa: E402
+from conftest import MU, Mu, wait_for  # noqa: E402
 
 LARGEST = int(os.environ.get("MU_BENCH_MESSAGES", "1000000"))
 WORDS = ("report budget meeting invoice travel garden concert project deadline review coffee "
