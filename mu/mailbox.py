@@ -18,8 +18,8 @@ import time
 
 from . import addr, compose, records as recordmod
 from .accounts import NotFound as UserNotFound, normalize_name
-from .folders import DELIMITER, DRAFT, FLAGGED, SEEN, positions_of
-from .mailstore import MailStore, MailStoreError
+from .folders import DEFAULT_MAILBOXES, DELIMITER, DRAFT, FLAGGED, SEEN, positions_of
+from .mailstore import MailboxExists, MailStore, MailStoreError, NoSuchMailbox, valid_mailbox_name
 from .records import MAX_SUBJECT_CHARS
 
 DEFAULT_PAGE = 50
@@ -358,6 +358,95 @@ class Mailbox:
             boxes = sorted(um.boxes.values(), key=order) if um else []
             return [{"name": b.name, "special_use": b.special_use, "total": len(b), "unread": b.unseen}
                     for b in boxes]
+
+    def folder(self, user: str, name: str) -> dict:
+        """One entry of `folders`, found as `GET /api/mail?folder=` finds it."""
+        with self.store.reading() as state:
+            found = self._folder(state, user, name).name
+        return next(f for f in self.folders(user) if f["name"] == found)
+
+    # A user's own folders can be made, renamed and deleted; INBOX and the special-use
+    # mailboxes are always there (403 for trying), as IMAP clients expect them to be.
+
+    def create_folder(self, user: str, name: str) -> dict:
+        """Create a folder, and the folders above it that are missing (RFC 9051 §6.3.4)."""
+        try:
+            valid_mailbox_name(name)
+            levels = name.split(DELIMITER)
+            for depth in range(1, len(levels)):
+                with self.store.reading() as state:
+                    missing = state.mailbox(user, DELIMITER.join(levels[:depth])) is None
+                if missing:
+                    try:
+                        self.mailstore.create_mailbox(user, DELIMITER.join(levels[:depth]))
+                    except MailboxExists:
+                        pass   # made meanwhile
+            info = self.mailstore.create_mailbox(user, name)
+        except MailboxExists as exc:
+            raise MailError(exc.text, 409) from None
+        except MailStoreError as exc:
+            raise MailError(exc.text) from None
+        return self.folder(user, info.name)
+
+    def _own_folder(self, state, user: str, name: str):
+        box = state.mailbox(user, name)
+        if box is None:
+            raise FolderNotFound(name)
+        if box.name in DEFAULT_MAILBOXES:
+            raise MailError(f"{box.name} is one of the folders every account has; it cannot be "
+                            f"renamed or deleted", 403)
+        return box
+
+    def rename_folder(self, user: str, name: str, new: str) -> dict:
+        """Rename a folder and the folders under it ("A" to "B" makes "A/x" "B/x")."""
+        with self.store.reading() as state:
+            old = self._own_folder(state, user, name).name
+        try:
+            self.mailstore.rename_mailbox(user, old, new)
+        except MailboxExists as exc:
+            raise MailError(exc.text, 409) from None
+        except NoSuchMailbox:
+            raise FolderNotFound(name) from None
+        except MailStoreError as exc:
+            raise MailError(exc.text) from None
+        return self.folder(user, new)
+
+    def subfolders(self, user: str, name: str) -> list:
+        """Names of the folders under `name` ("A/x", "A/x/y" under "A")."""
+        with self.store.reading() as state:
+            um = state.mail.get(user)
+            return sorted(key for key in (um.boxes if um else ()) if key.startswith(name + DELIMITER))
+
+    def delete_folder(self, user: str, name: str) -> int:
+        """Delete a folder and the folders under it. Their messages go to Trash, except those
+        the user also has in another folder; returns how many went to Trash."""
+        with self.store.reading() as state:
+            box = self._own_folder(state, user, name)
+            um = state.mail[user]
+            doomed = [b for key, b in um.boxes.items() if key == box.name or key.startswith(box.name + DELIMITER)]
+            doomed_names = {b.name for b in doomed}
+            kept = set()   # message numbers that stay (elsewhere, or already bound for Trash)
+            for b in um.boxes.values():
+                if b.name not in doomed_names:
+                    kept.update(b.msgs)
+            plan = []
+            for b in doomed:
+                uids = []
+                for i, n in enumerate(b.msgs):
+                    if n not in kept:
+                        kept.add(n)
+                        uids.append(b.uids[i])
+                plan.append((b.name, uids))
+        moved = 0
+        for box_name, uids in plan:
+            if uids:
+                moved += len(self.mailstore.move(user, box_name, uids, "Trash")[1])
+        for box_name in sorted(doomed_names, key=len, reverse=True):   # the deepest first
+            try:
+                self.mailstore.delete_mailbox(user, box_name)
+            except NoSuchMailbox:
+                pass   # deleted meanwhile (by an IMAP client)
+        return moved
 
     def list(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None,
              with_body: bool = False) -> tuple:
