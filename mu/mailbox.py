@@ -630,9 +630,10 @@ class Mailbox:
         mailbox touched, not one per message."""
         if action not in BATCH_ACTIONS:
             raise MailError(f"action must be one of {', '.join(BATCH_ACTIONS)}")
-        ids = list(dict.fromkeys(str(i) for i in ids))
+        ids = list(ids)
         if len(ids) > MAX_BATCH_IDS:
             raise MailError(f"at most {MAX_BATCH_IDS} messages at once")
+        ids = list(dict.fromkeys(str(i) for i in ids))
         if action in ("archive", "junk"):
             action, folder = "move", action.capitalize()
         if action == "move" and not folder:
