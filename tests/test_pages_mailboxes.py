@@ -260,9 +260,9 @@ def test_folders_page_creates_renames_and_deletes(b):
         "/mail/folders?flash=Folder Clubs renamed to Games"
     assert b.subjects("Games/Chess") == ["checkmate"]
     asked = b.post("/mail/folders/delete", {"folder": "Games"})
-    assert asked.status == 200 and "the 1 folders under it" in asked.text
+    assert asked.status == 200 and "the 1 folder under it" in asked.text
     assert location(b.post("/mail/folders/delete", {"folder": "Games", "confirm": "1"})) == \
-        "/mail/folders?flash=Folder Games deleted; 1 messages moved to Trash"
+        "/mail/folders?flash=Folder Games deleted; 1 message moved to Trash"
     names = [f["name"] for f in b.api("GET", "/api/folders")["folders"]]
     assert "Games" not in names and "Games/Chess" not in names and b.subjects("Trash") == ["checkmate"]
 

@@ -18,27 +18,26 @@
 % if not own:
 <p class="empty">You have no folders of your own yet. Inbox, Drafts, Sent, Archive, Junk and Trash are always there.</p>
 % else:
-<table class="list folders-table">
-<thead><tr><th>Folder</th><th>Messages</th><th>Rename</th><th></th></tr></thead>
-<tbody>
+<ul class="folder-admin">
 % for i, f in enumerate(own):
-<tr>
-  <td><a href="{{f['href']}}">{{f['name']}}</a></td>
-  <td>{{f['total']}}{{' (%d unread)' % f['unread'] if f['unread'] else ''}}</td>
-  <td><form method="post" action="/mail/folders/rename" class="inline-field">
+<li class="card">
+  <div class="folder-name"><a href="{{f['href']}}">{{f['name']}}</a>
+    <span class="meta">{{f['total']}} message{{'' if f['total'] == 1 else 's'}}{{', %d unread' % f['unread'] if f['unread'] else ''}}</span></div>
+  <div class="folder-forms">
+  <form method="post" action="/mail/folders/rename" class="inline-field">
     <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="folder" value="{{f['name']}}">
     <label for="rename-{{i}}" class="visually-hidden">New name for {{f['name']}}</label>
     <input id="rename-{{i}}" name="name" value="{{f['name']}}" required maxlength="255">
     <button type="submit" aria-label="Rename {{f['name']}}">Rename</button>
-  </form></td>
-  <td><form method="post" action="/mail/folders/delete" class="inline" data-confirm="Delete the folder {{f['name']}} and the folders under it? Its messages go to Trash.">
+  </form>
+  <form method="post" action="/mail/folders/delete" class="inline" data-confirm="Delete the folder {{f['name']}} and the folders under it? Its messages go to Trash.">
     <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="folder" value="{{f['name']}}">
     <button type="submit" class="danger" aria-label="Delete folder {{f['name']}}">Delete</button>
-  </form></td>
-</tr>
+  </form>
+  </div>
+</li>
 % end
-</tbody>
-</table>
+</ul>
 % end
 </section>
 </div>

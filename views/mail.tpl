@@ -49,10 +49,8 @@
   <span class="move-to">
     <label for="batch-folder">Move to</label>
     <select id="batch-folder" name="folder">
-    % for f in folders:
-      % if f['name'] != folder:
+    % for f in move_targets:
       <option value="{{f['name']}}">{{f['label']}}</option>
-      % end
     % end
     </select>
     <button type="submit" name="action" value="move">Move</button>

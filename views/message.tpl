@@ -59,8 +59,6 @@
   <a class="button" href="/mail/compose?reply={{message['id']}}&all=1">Reply all</a>
   <a class="button" href="/mail/compose?forward={{message['id']}}">Forward</a>
   <a class="button" href="/mail/{{message['id']}}/raw" target="_blank" rel="noopener">Show original</a>
-</div>
-<div class="actions toolbar" id="message-actions">
   % here = message['folder']
   <form method="post" action="/mail/{{message['id']}}/{{'inbox' if here == 'Archive' else 'archive'}}" class="inline">
     <input type="hidden" name="csrf" value="{{csrf}}"><button type="submit"{{!'' if here == 'Archive' else ' id="archive-button"'}}>{{'Move to Inbox' if here == 'Archive' else 'Archive'}}</button>
@@ -82,10 +80,8 @@
     <input type="hidden" name="csrf" value="{{csrf}}">
     <label for="move-folder">Move to</label>
     <select id="move-folder" name="folder">
-    % for f in folders:
-      % if f['name'] != here:
+    % for f in move_targets:
       <option value="{{f['name']}}">{{f['label']}}</option>
-      % end
     % end
     </select>
     <button type="submit">Move</button>

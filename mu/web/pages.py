@@ -9,6 +9,7 @@ import urllib.parse
 import bottle
 from bottle import request, response
 
+from ..folders import DEFAULT_MAILBOXES
 from ..mailbox import EMPTYABLE_FOLDERS, MailError
 from .common import check_csrf, render, require_user
 
@@ -52,16 +53,20 @@ def folder_href(name: str, **params) -> str:
 # What each button of a message view or of the list's toolbar does: (batch action, folder,
 # the flash for one message, for several).
 ACTIONS = {
-    "archive": ("move", "Archive", "Moved to Archive", "{n} messages moved to Archive"),
-    "junk": ("move", "Junk", "Moved to Junk", "{n} messages moved to Junk"),
-    "inbox": ("move", "INBOX", "Moved to Inbox", "{n} messages moved to Inbox"),
-    "move": ("move", None, "Moved to {folder}", "{n} messages moved to {folder}"),
-    "delete": ("trash", None, "Moved to Trash", "{n} messages deleted"),
-    "read": ("read", None, "Marked read", "{n} messages marked read"),
-    "unread": ("unread", None, "Marked unread", "{n} messages marked unread"),
-    "star": ("flag", None, "Starred", "{n} messages starred"),
-    "unstar": ("unflag", None, "Star removed", "{n} stars removed"),
+    "archive": ("move", "Archive", "Moved to Archive", "{n} moved to Archive"),
+    "junk": ("move", "Junk", "Moved to Junk", "{n} moved to Junk"),
+    "inbox": ("move", "INBOX", "Moved to Inbox", "{n} moved to Inbox"),
+    "move": ("move", None, "Moved to {folder}", "{n} moved to {folder}"),
+    "delete": ("trash", None, "Moved to Trash", "{n} moved to Trash"),
+    "read": ("read", None, "Marked read", "{n} marked read"),
+    "unread": ("unread", None, "Marked unread", "{n} marked unread"),
+    "star": ("flag", None, "Starred", "{n} starred"),
+    "unstar": ("unflag", None, "Star removed", "Star removed from {n}"),
 }
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _redirect(path: str, flash: str = ""):
@@ -85,8 +90,13 @@ def install(web, app):
 
     def mail_render(template: str, user, **values):
         """A page with the folder list beside it."""
-        return render(template, folders=folder_list(user), folder_label=folder_label, folder_href=folder_href,
-                      **values)
+        folders = folder_list(user)
+        # Where "Move to" offers to put mail: the user's own folders first (the usual reason
+        # to move), then the defaults; never Drafts or Sent, which mu fills itself.
+        targets = [f for f in folders if f["name"] != values.get("folder") and f["name"] not in ("Drafts", "Sent")]
+        targets.sort(key=lambda f: f["name"] in DEFAULT_MAILBOXES)
+        return render(template, folders=folders, move_targets=targets, folder_label=folder_label,
+                      folder_href=folder_href, **values)
 
     def folder_page(folder: str):
         user = require_user()
@@ -246,14 +256,14 @@ def install(web, app):
         name = request.forms.getunicode("folder", "") or ""
         if request.forms.get("confirm") != "1":
             under = mailbox.subfolders(user["name"], name)
-            text = f"Delete the folder {name}" + (f" and the {len(under)} folders under it" if under else "") + \
-                "? Its messages go to Trash."
+            text = f"Delete the folder {name}" + (f" and the {plural(len(under), 'folder')} under it" if under
+                                                  else "") + "? Its messages go to Trash."
             return confirm_page(user, text, "Delete folder", "/mail/folders")
         try:
             moved = mailbox.delete_folder(user["name"], name)
         except MailError as exc:
             return folder_error(exc, user)
-        _redirect("/mail/folders", f"Folder {name} deleted" + (f"; {moved} messages moved to Trash" if moved else ""))
+        _redirect("/mail/folders", f"Folder {name} deleted" + (f"; {plural(moved, 'message')} moved to Trash" if moved else ""))
 
     @web.post("/mail/folders/empty")
     def folder_empty():
@@ -264,10 +274,10 @@ def install(web, app):
             raise bottle.HTTPError(400, f"Only {' and '.join(EMPTYABLE_FOLDERS)} can be emptied")
         if request.forms.get("confirm") != "1":
             total = mailbox.folder(user["name"], name)["total"]
-            return confirm_page(user, f"Delete the {total} messages in {name} for good?", f"Empty {name}",
+            return confirm_page(user, f"Delete {'the ' + plural(total, 'message') if total != 1 else 'the message'} in {name} for good?", f"Empty {name}",
                                 folder_href(name))
         count = mailbox.empty_folder(user["name"], name)
-        _redirect(folder_href(name), f"{name} emptied: {count} messages deleted for good")
+        _redirect(folder_href(name), f"{name} emptied: {plural(count, 'message')} deleted for good")
 
     def confirm_page(user, question: str, button: str, cancel: str):
         """The same form again, asking first: what a destructive button does without script
@@ -295,9 +305,8 @@ def install(web, app):
         except MailError as exc:
             raise bottle.HTTPError(exc.status, str(exc))
         if action == "delete" and back_folder == "Trash":
-            several = "{n} messages deleted for good"
-        _redirect(back, several.format(n=done, folder=folder_label(folder or "")).replace("1 messages", "1 message")
-                  .replace("1 stars", "1 star"))
+            several = "{n} deleted for good"
+        _redirect(back, several.format(n=plural(done, "message"), folder=folder_label(folder or "")))
 
     @web.get("/mail/<msg_id>")
     def show(msg_id):
