@@ -27,6 +27,7 @@ MAX_PAGE = 500
 MAILER_DAEMON = "MAILER-DAEMON"
 CONVERSATION_WINDOW = 5000   # entries looked at to group one page of conversations
 MAX_BATCH_IDS = 1000         # messages one batch action may name
+LOCATE_ONE_BY_ONE_IDS = 8    # up to this many ids, each is looked for on its own
 FOLDER_ORDER = ("INBOX", "Drafts", "Sent", "Archive", "Junk", "Trash")
 EMPTYABLE_FOLDERS = ("Trash", "Junk")
 BATCH_ACTIONS = ("read", "unread", "flag", "unflag", "move", "archive", "junk", "trash", "delete")
@@ -623,6 +624,21 @@ class Mailbox:
         except MailStoreError:
             raise FolderNotFound(folder) from None
 
+    def _entries_of_many(self, state, user: str, ids) -> list:
+        """[(box, position)] of each id's entries, in the order of `ids`. Beyond a few ids one
+        pass over the user's mailboxes is cheaper than a search of every mailbox per id."""
+        numbers = [state.messages.number_of(msg_id) for msg_id in ids]
+        if len(ids) <= LOCATE_ONE_BY_ONE_IDS:
+            return [self.mailstore.entries_of(state, user, n) if n is not None else [] for n in numbers]
+        wanted = {n: [] for n in numbers if n is not None}
+        um = state.mail.get(user)
+        for box in (um.boxes.values() if um else ()):
+            for i, n in enumerate(box.msgs):
+                entries = wanted.get(n)
+                if entries is not None:
+                    entries.append((box, i))
+        return [wanted[n] if n is not None else [] for n in numbers]
+
     def batch(self, user: str, ids, action: str, folder: str = None) -> int:
         """One action on several messages: `read`, `unread`, `flag`, `unflag`, `move` (to
         `folder`), `archive`, `junk`, `trash` (the web's Delete) or `delete` (the API's).
@@ -641,9 +657,7 @@ class Mailbox:
         with self.store.reading() as state:
             dest = self._folder(state, user, folder).name if action == "move" else None
             found = []
-            for msg_id in ids:
-                n = state.messages.number_of(msg_id)
-                entries = self.mailstore.entries_of(state, user, n) if n is not None else []
+            for entries in self._entries_of_many(state, user, ids):
                 if entries:
                     primary = self._primary(entries)
                     found.append([(b.name, b.uids[i]) for b, i in [primary] + [e for e in entries if e != primary]])
