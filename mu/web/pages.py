@@ -186,15 +186,15 @@ def install(web, app):
         reply_to = request.forms.get("reply_to") or None
         draft_id = request.forms.get("draft_id") or None
         saving = request.forms.get("action") == "draft"
-        kept_attachments = []
+        kept, kept_attachments = [], []
         if draft_id:   # a continued draft keeps the attachments left ticked
+            keep = set(request.forms.getall("keep_attachment"))
             try:
                 draft = mailbox.get(user["name"], draft_id, mark_read=False)
-                keep = set(request.forms.getall("keep_attachment"))
-                kept_attachments = [mailbox.attachment(user["name"], draft_id, i)
-                                    for i in range(len(draft["attachments"])) if str(i) in keep]
+                kept = [(i, a) for i, a in enumerate(draft["attachments"]) if str(i) in keep]
+                kept_attachments = [mailbox.attachment(user["name"], draft_id, i) for i, _a in kept]
             except MailError:
-                draft_id = None   # sent or discarded meanwhile (another tab): start afresh
+                draft_id, kept = None, []   # sent or discarded meanwhile (another tab): start afresh
         attachments = kept_attachments + read_upload_attachments(app)
         try:
             if saving:
@@ -205,10 +205,6 @@ def install(web, app):
                                    attachments=attachments, draft_id=draft_id)
         except MailError as exc:
             response.status = exc.status if exc.status != 404 else 400
-            kept = []
-            if draft_id:
-                kept = [(i, a) for i, a in enumerate(mailbox.get(user["name"], draft_id, mark_read=False)["attachments"])
-                        if str(i) in set(request.forms.getall("keep_attachment"))]
             return compose_page(user, to=to, subject=subject, body=body, reply_to=reply_to or "",
                                 draft_id=draft_id or "", kept=kept, error=str(exc))
         if saving:
