@@ -99,8 +99,11 @@
   function press(id) { var el = document.getElementById(id); if (el) { el.click(); return true; } return false; }
 
   document.addEventListener("keydown", function (e) {
-    var tag = (e.target && e.target.tagName) || "";
-    if (e.ctrlKey || e.metaKey || e.altKey || /INPUT|TEXTAREA|SELECT/.test(tag)) return;
+    var t = e.target || {}, tag = t.tagName || "";
+    // Keys typed into a field are the field's; a ticked checkbox keeps the shortcuts working.
+    var typing = /TEXTAREA|SELECT/.test(tag) || t.isContentEditable ||
+                 (tag === "INPUT" && !/^(checkbox|radio|button|submit)$/.test(t.type));
+    if (e.ctrlKey || e.metaKey || e.altKey || typing) return;
     var done = false;
     switch (e.key) {
       case "c": done = press("compose-link"); break;
