@@ -8,7 +8,10 @@ from zoneinfo import ZoneInfo
 
 from playwright.sync_api import expect
 
-from test_web import browser, login, shot, site  # noqa: F401  (fixtures)
+import test_web
+from test_web import login, shot
+
+browser, site = test_web.browser, test_web.site    # the same fixtures: one Chromium per module
 
 DEFAULT_LINKS = ("Inbox", "Drafts", "Sent", "Archive", "Junk", "Trash")
 
