@@ -18,14 +18,19 @@ import time
 
 from . import addr, compose, records as recordmod
 from .accounts import NotFound as UserNotFound, normalize_name
-from .folders import DRAFT, FLAGGED, SEEN, positions_of
-from .mailstore import MailStore, MailStoreError
+from .folders import DEFAULT_MAILBOXES, DELIMITER, DRAFT, FLAGGED, SEEN, positions_of
+from .mailstore import MailboxExists, MailStore, MailStoreError, NoSuchMailbox, valid_mailbox_name
 from .records import MAX_SUBJECT_CHARS
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAILER_DAEMON = "MAILER-DAEMON"
 CONVERSATION_WINDOW = 5000   # entries looked at to group one page of conversations
+MAX_BATCH_IDS = 1000         # messages one batch action may name
+LOCATE_ONE_BY_ONE_IDS = 8    # up to this many ids, each is looked for on its own
+FOLDER_ORDER = ("INBOX", "Drafts", "Sent", "Archive", "Junk", "Trash")
+EMPTYABLE_FOLDERS = ("Trash", "Junk")
+BATCH_ACTIONS = ("read", "unread", "flag", "unflag", "move", "archive", "junk", "trash", "delete")
 
 
 class MailError(ValueError):
@@ -212,11 +217,7 @@ class Mailbox:
         entries = [(sender, "Sent", ["\\Seen"], now, 0)]
         for name in local:   # a note to self also lands in the inbox
             entries.append((name, "INBOX", [], now, 0))
-        draft = None
-        if draft_id:
-            with self.store.reading() as state:
-                dn, dentries = self._locate(state, sender, draft_id)
-                draft = [(box.name, box.uids[i]) for box, i in dentries if box.flags[i] & DRAFT]
+        draft = self._draft_entries(sender, draft_id, "draft_id") if draft_id else None
 
         def before(state):
             user = state.users.get(sender)
@@ -249,28 +250,40 @@ class Mailbox:
                                     extra_records=extra)
         return self.get(sender, result["id"], mark_read=False)
 
-    def save_draft(self, user: str, to: str, subject: str, body: str, attachments=(), replace: str = None) -> dict:
-        """Keep an unsent message in Drafts (`\\Draft`); `replace` is the draft it supersedes."""
+    def save_draft(self, user: str, to: str, subject: str, body: str, attachments=(), replace: str = None,
+                   reply_to: str = None) -> dict:
+        """Keep an unsent message in Drafts (`\\Draft`); `replace` is the draft it supersedes,
+        `reply_to` the message it answers (kept for when it is sent)."""
         subject = compose.clean_header_text(subject if isinstance(subject, str) else "")[:MAX_SUBJECT_CHARS]
         body = body if isinstance(body, str) else ""
         now = time.time()
         message_id = compose.new_message_id(self.config.domain)
-        recipients = [t.strip() for t in str(to or "").split(",") if t.strip()]
+        items = to if isinstance(to, list) else str(to or "").split(",")
+        recipients = [str(t).strip() for t in items if str(t).strip()]
+        in_reply_to, references = "", []
+        if reply_to:
+            with self.store.reading() as state:
+                try:
+                    pn, _entries = self._locate(state, user, reply_to)
+                except MessageNotFound:
+                    raise MailError("reply_to: no such message") from None
+            parent = self.store.meta_record(pn)
+            in_reply_to = parent.get("message_id", "")
+            references = (list(parent.get("references") or []) + [in_reply_to] if in_reply_to else [])[-20:]
+        old = self._draft_entries(user, replace, "replace") if replace else []
         raw = compose.build(from_name=user, from_addr=self.address_of(user),
                             to=[r if "@" in r else self.address_of(r) for r in recipients], subject=subject,
-                            body=body, message_id=message_id, date=now, attachments=attachments)
+                            body=body, message_id=message_id, date=now, in_reply_to=in_reply_to,
+                            references=references, attachments=attachments)
         record = {"kind": "draft", "from": user, "from_addr": self.address_of(user), "from_name": user,
                   "to": recipients, "subject": subject, "created_at": now, "message_id": message_id,
-                  "in_reply_to": "", "references": [], "owners": [user], "attachments": []}
+                  "in_reply_to": in_reply_to, "references": references, "owners": [user], "attachments": []}
+        if reply_to:
+            record["draft_reply_to"] = str(reply_to)
         new = recordmod.NewMessage(record, raw)
         new.set_body(body)
         new.add_attachments(attachments)
         new.describe_for_imap()
-        old = []
-        if replace:
-            with self.store.reading() as state:
-                _n, entries = self._locate(state, user, replace)
-                old = [(box.name, box.uids[i]) for box, i in entries if box.flags[i] & DRAFT]
 
         def extra(state, n, msg_id):
             out = []
@@ -283,6 +296,19 @@ class Mailbox:
 
         result = self.store_message(new, [(user, "Drafts", ["\\Draft", "\\Seen"], now, 0)], extra_records=extra)
         return self.get(user, result["id"], mark_read=False)
+
+    def _draft_entries(self, user: str, draft_id: str, field: str) -> list:
+        """[(mailbox name, uid)] of the user's draft entries of a message; MailError (400,
+        naming `field`) when the user has no such draft."""
+        with self.store.reading() as state:
+            try:
+                _n, entries = self._locate(state, user, draft_id)
+            except MessageNotFound:
+                entries = []
+            found = [(box.name, box.uids[i]) for box, i in entries if box.flags[i] & DRAFT]
+        if not found:
+            raise MailError(f"{field}: no such draft")
+        return found
 
     def store_message(self, new, entries, thread=None, before=None, extra_records=None) -> dict:
         try:
@@ -324,8 +350,106 @@ class Mailbox:
     # ------------------------------------------------------------ reading
 
     def folders(self, user: str) -> list:
-        return [{"name": f.name, "special_use": f.special_use, "total": f.total, "unread": f.unseen}
-                for f in self.mailstore.mailboxes(user)]
+        """The user's mailboxes: the defaults in the order mail clients show them, then the
+        user's own by name, each level compared in turn (so "A/b" follows "A", not "A-z")."""
+        def order(box):
+            rank = FOLDER_ORDER.index(box.name) if box.name in FOLDER_ORDER else len(FOLDER_ORDER)
+            return rank, [level.lower() for level in box.name.split(DELIMITER)], box.name
+
+        with self.store.reading() as state:
+            um = state.mail.get(user)
+            boxes = sorted(um.boxes.values(), key=order) if um else []
+            return [{"name": b.name, "special_use": b.special_use, "total": len(b), "unread": b.unseen}
+                    for b in boxes]
+
+    def folder(self, user: str, name: str) -> dict:
+        """One entry of `folders`, found as `GET /api/mail?folder=` finds it."""
+        with self.store.reading() as state:
+            found = self._folder(state, user, name).name
+        return next(f for f in self.folders(user) if f["name"] == found)
+
+    # A user's own folders can be made, renamed and deleted; INBOX and the special-use
+    # mailboxes are always there (403 for trying), as IMAP clients expect them to be.
+
+    def create_folder(self, user: str, name: str) -> dict:
+        """Create a folder, and the folders above it that are missing (RFC 9051 §6.3.4)."""
+        try:
+            valid_mailbox_name(name)
+            levels = name.split(DELIMITER)
+            for depth in range(1, len(levels)):
+                with self.store.reading() as state:
+                    missing = state.mailbox(user, DELIMITER.join(levels[:depth])) is None
+                if missing:
+                    try:
+                        self.mailstore.create_mailbox(user, DELIMITER.join(levels[:depth]))
+                    except MailboxExists:
+                        pass   # made meanwhile
+            info = self.mailstore.create_mailbox(user, name)
+        except MailboxExists as exc:
+            raise MailError(exc.text, 409) from None
+        except MailStoreError as exc:
+            raise MailError(exc.text) from None
+        return self.folder(user, info.name)
+
+    def _own_folder(self, state, user: str, name: str):
+        box = state.mailbox(user, name)
+        if box is None:
+            raise FolderNotFound(name)
+        if box.name in DEFAULT_MAILBOXES:
+            raise MailError(f"{box.name} is one of the folders every account has; it cannot be "
+                            f"renamed or deleted", 403)
+        return box
+
+    def rename_folder(self, user: str, name: str, new: str) -> dict:
+        """Rename a folder and the folders under it ("A" to "B" makes "A/x" "B/x")."""
+        with self.store.reading() as state:
+            old = self._own_folder(state, user, name).name
+        try:
+            self.mailstore.rename_mailbox(user, old, new)
+        except MailboxExists as exc:
+            raise MailError(exc.text, 409) from None
+        except NoSuchMailbox:
+            raise FolderNotFound(name) from None
+        except MailStoreError as exc:
+            raise MailError(exc.text) from None
+        return self.folder(user, new)
+
+    def subfolders(self, user: str, name: str) -> list:
+        """Names of the folders under `name` ("A/x", "A/x/y" under "A")."""
+        with self.store.reading() as state:
+            um = state.mail.get(user)
+            return sorted(key for key in (um.boxes if um else ()) if key.startswith(name + DELIMITER))
+
+    def delete_folder(self, user: str, name: str) -> int:
+        """Delete a folder and the folders under it. Their messages go to Trash, except those
+        the user also has in another folder; returns how many went to Trash."""
+        with self.store.reading() as state:
+            box = self._own_folder(state, user, name)
+            um = state.mail[user]
+            doomed = [b for key, b in um.boxes.items() if key == box.name or key.startswith(box.name + DELIMITER)]
+            doomed_names = {b.name for b in doomed}
+            kept = set()   # message numbers that stay (elsewhere, or already bound for Trash)
+            for b in um.boxes.values():
+                if b.name not in doomed_names:
+                    kept.update(b.msgs)
+            plan = []
+            for b in doomed:
+                uids = []
+                for i, n in enumerate(b.msgs):
+                    if n not in kept:
+                        kept.add(n)
+                        uids.append(b.uids[i])
+                plan.append((b.name, uids))
+        moved = 0
+        for box_name, uids in plan:
+            if uids:
+                moved += len(self.mailstore.move(user, box_name, uids, "Trash")[1])
+        for box_name in sorted(doomed_names, key=len, reverse=True):   # the deepest first
+            try:
+                self.mailstore.delete_mailbox(user, box_name)
+            except NoSuchMailbox:
+                pass   # deleted meanwhile (by an IMAP client)
+        return moved
 
     def list(self, user: str, folder: str = "inbox", limit: int = DEFAULT_PAGE, before: str = None,
              with_body: bool = False) -> tuple:
@@ -489,7 +613,97 @@ class Mailbox:
         return "trashed"
 
     def empty_trash(self, user: str) -> int:
-        return len(self.mailstore.expunge(user, "Trash", None, deleted_only=False))
+        return self.empty_folder(user, "Trash")
+
+    def empty_folder(self, user: str, folder: str) -> int:
+        """Delete everything in Trash or Junk for good; returns how many messages went."""
+        with self.store.reading() as state:
+            name = self._folder(state, user, folder).name
+        if name not in EMPTYABLE_FOLDERS:
+            raise MailError(f"only {' and '.join(EMPTYABLE_FOLDERS)} can be emptied")
+        try:
+            return len(self.mailstore.expunge(user, name, None, deleted_only=False))
+        except MailStoreError:
+            raise FolderNotFound(folder) from None
+
+    def _entries_of_many(self, state, user: str, ids) -> list:
+        """[(box, position)] of each id's entries, in the order of `ids`. Beyond a few ids one
+        pass over the user's mailboxes is cheaper than a search of every mailbox per id."""
+        numbers = [state.messages.number_of(msg_id) for msg_id in ids]
+        if len(ids) <= LOCATE_ONE_BY_ONE_IDS:
+            return [self.mailstore.entries_of(state, user, n) if n is not None else [] for n in numbers]
+        wanted = {n: [] for n in numbers if n is not None}
+        um = state.mail.get(user)
+        for box in (um.boxes.values() if um else ()):
+            for i, n in enumerate(box.msgs):
+                entries = wanted.get(n)
+                if entries is not None:
+                    entries.append((box, i))
+        return [wanted[n] if n is not None else [] for n in numbers]
+
+    def batch(self, user: str, ids, action: str, folder: str = None) -> int:
+        """One action on several messages: `read`, `unread`, `flag`, `unflag`, `move` (to
+        `folder`), `archive`, `junk`, `trash` (the web's Delete) or `delete` (the API's).
+        Returns how many of `ids` the user has; the others are skipped. One commit per
+        mailbox touched, not one per message."""
+        if action not in BATCH_ACTIONS:
+            raise MailError(f"action must be one of {', '.join(BATCH_ACTIONS)}")
+        ids = list(ids)
+        if len(ids) > MAX_BATCH_IDS:
+            raise MailError(f"at most {MAX_BATCH_IDS} messages at once")
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        if action in ("archive", "junk"):
+            action, folder = "move", action.capitalize()
+        if action == "move" and not folder:
+            raise MailError("'folder' is required to move messages")
+        with self.store.reading() as state:
+            dest = self._folder(state, user, folder).name if action == "move" else None
+            found = []
+            for entries in self._entries_of_many(state, user, ids):
+                if entries:
+                    primary = self._primary(entries)
+                    found.append([(b.name, b.uids[i]) for b, i in [primary] + [e for e in entries if e != primary]])
+        target = dest or "Trash"
+        moves, expunges, flags = {}, {}, {}
+        for entries in found:
+            if action in ("read", "unread", "flag", "unflag"):
+                for box_name, uid in entries:
+                    flags.setdefault(box_name, []).append(uid)
+            elif action == "delete" or (action == "trash" and all(b == "Trash" for b, _ in entries)):
+                for box_name, uid in entries:
+                    expunges.setdefault(box_name, []).append(uid)
+            else:
+                keep = next(((b, u) for b, u in entries if b == target), None)
+                for box_name, uid in entries:
+                    if box_name == target:
+                        continue
+                    if keep is None:   # one entry moves; any others are redundant there
+                        keep = (box_name, uid)
+                        moves.setdefault(box_name, []).append(uid)
+                    else:
+                        expunges.setdefault(box_name, []).append(uid)
+        mode, flag = {"read": ("add", "\\Seen"), "unread": ("remove", "\\Seen"), "flag": ("add", "\\Flagged"),
+                      "unflag": ("remove", "\\Flagged")}.get(action, (None, None))
+        # Moves first: a crash between commits leaves a message in two mailboxes, never in none.
+        for box_name, uids in moves.items():
+            try:
+                self.mailstore.move(user, box_name, uids, target)
+            except MailStoreError:
+                with self.store.reading() as state:
+                    if state.mailbox(user, target) is None:
+                        raise FolderNotFound(folder or target) from None
+                # otherwise the source went meanwhile, and its entries with it
+        for box_name, uids in expunges.items():
+            try:
+                self.mailstore.expunge(user, box_name, uids, deleted_only=False)
+            except MailStoreError:
+                pass   # the mailbox went meanwhile, and its entries with it
+        for box_name, uids in flags.items():
+            try:
+                self.mailstore.set_flags(user, box_name, uids, mode, [flag])
+            except MailStoreError:
+                pass
+        return len(found)
 
     # ------------------------------------------------------------ bodies
 
@@ -534,7 +748,7 @@ class Mailbox:
             "from_addr": record.get("from_addr", ""), "to": list(record.get("to", [])),
             "subject": record.get("subject", ""), "snippet": record.get("snippet", ""),
             "created_at": rfc3339(record.get("created_at", 0)), "read": bool(mask & SEEN),
-            "flagged": bool(mask & FLAGGED), "folder": folder, "thread_id": thread_id,
+            "flagged": bool(mask & FLAGGED), "draft": bool(mask & DRAFT), "folder": folder, "thread_id": thread_id,
             "message_id": record.get("message_id", ""), "in_reply_to": record.get("in_reply_to", ""),
             "kind": record.get("kind", "internal"), "has_html": recordmod.blob_index(record, "html_blob") is not None,
             "attachments": [{"name": a["name"], "type": a["type"], "size": a["size"],
@@ -543,6 +757,8 @@ class Mailbox:
         }
         if folders is not None:
             out["folders"] = folders
+        if record.get("draft_reply_to"):
+            out["reply_to"] = record["draft_reply_to"]
         if with_body:
             out["body"] = self.body_text(record, n)
         if "status" in record:

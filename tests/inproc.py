@@ -71,7 +71,9 @@ class Web:
             headers.setdefault("Cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
         path_part, _, query = path.partition("?")
         environ = {
-            "REQUEST_METHOD": method, "PATH_INFO": urllib.parse.unquote(path_part), "QUERY_STRING": query,
+            # PEP 3333: PATH_INFO is the decoded path's bytes as latin-1 characters
+            "REQUEST_METHOD": method, "PATH_INFO": urllib.parse.unquote_to_bytes(path_part).decode("latin-1"),
+            "QUERY_STRING": query,
             "SERVER_NAME": "localhost", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
             "REMOTE_ADDR": remote_addr or self.remote_addr, "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,

@@ -13,8 +13,7 @@
   % if user:
   <nav aria-label="Main">
     <a href="/mail/compose" class="button primary" id="compose-link" accesskey="c">Compose</a>
-    <a href="/mail">Inbox <span class="badge" id="unread-badge" data-count="{{unread}}">{{unread if unread else ''}}</span></a>
-    <a href="/mail/sent">Sent</a>
+    <a href="/mail">Mail <span class="badge" id="unread-badge" data-count="{{unread}}">{{unread if unread else ''}}</span></a>
     % if user['role'] == 'admin':
     <a href="/admin/mail">Admin</a>
     % end

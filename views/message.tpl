@@ -1,5 +1,7 @@
 % rebase('base.tpl', title=message['subject'] or '(no subject)')
-<article class="conversation">
+<div class="mail-layout">
+% include('_folders.tpl')
+<article class="conversation mail-main">
 <h1 class="message-subject">{{message['subject'] or '(no subject)'}}</h1>
 % for m in thread:
 <section class="card mail{{' current' if m['id'] == message['id'] else ''}}" id="m-{{m['id']}}">
@@ -9,7 +11,11 @@
       <span class="addr">&lt;{{m['from_addr']}}&gt;</span>
       % end
     </div>
-    <div class="meta">to {{', '.join(m['to'])}} · <time datetime="{{m['created_at']}}">{{m['created_at'].replace('T', ' ')}}</time></div>
+    <div class="meta">to {{', '.join(m['to'])}} · <time datetime="{{m['created_at']}}">{{m['created_at'][:16].replace('T', ' ')}} UTC</time>
+      % if m['id'] != message['id'] and m['folder'] != message['folder']:
+      · <span class="in-folder">{{folder_label(m['folder'])}}</span>
+      % end
+    </div>
     % if m.get('status'):
     <div class="delivery status-{{m['status']}}">Delivery: <strong>{{m['status']}}</strong>
       % if m.get('status_detail'):
@@ -53,11 +59,32 @@
   <a class="button" href="/mail/compose?reply={{message['id']}}&all=1">Reply all</a>
   <a class="button" href="/mail/compose?forward={{message['id']}}">Forward</a>
   <a class="button" href="/mail/{{message['id']}}/raw" target="_blank" rel="noopener">Show original</a>
+  % here = message['folder']
+  <form method="post" action="/mail/{{message['id']}}/{{'inbox' if here == 'Archive' else 'archive'}}" class="inline">
+    <input type="hidden" name="csrf" value="{{csrf}}"><button type="submit"{{!'' if here == 'Archive' else ' id="archive-button"'}}>{{'Move to Inbox' if here == 'Archive' else 'Archive'}}</button>
+  </form>
+  <form method="post" action="/mail/{{message['id']}}/{{'inbox' if here == 'Junk' else 'junk'}}" class="inline">
+    <input type="hidden" name="csrf" value="{{csrf}}"><button type="submit"{{!'' if here == 'Junk' else ' id="junk-button"'}}>{{'Not junk' if here == 'Junk' else 'Junk'}}</button>
+  </form>
+  <form method="post" action="/mail/{{message['id']}}/delete" class="inline" id="delete-form">
+    <input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" class="danger" id="delete-button" title="{{'Delete for good' if here == 'Trash' else 'Move to Trash'}}">Delete</button>
+  </form>
+  <form method="post" action="/mail/{{message['id']}}/{{'unstar' if message['flagged'] else 'star'}}" class="inline">
+    <input type="hidden" name="csrf" value="{{csrf}}">
+    <button type="submit" id="star-button" aria-pressed="{{'true' if message['flagged'] else 'false'}}" title="{{'Remove the star' if message['flagged'] else 'Star this message'}}"><span aria-hidden="true">{{'★' if message['flagged'] else '☆'}}</span> {{'Starred' if message['flagged'] else 'Star'}}</button>
+  </form>
   <form method="post" action="/mail/{{message['id']}}/unread" class="inline">
     <input type="hidden" name="csrf" value="{{csrf}}"><button type="submit">Mark unread</button>
   </form>
-  <form method="post" action="/mail/{{message['id']}}/delete" class="inline" id="delete-form">
-    <input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" class="danger">Delete</button>
+  <form method="post" action="/mail/{{message['id']}}/move" class="inline move-to">
+    <input type="hidden" name="csrf" value="{{csrf}}">
+    <label for="move-folder">Move to</label>
+    <select id="move-folder" name="folder">
+    % for f in move_targets:
+      <option value="{{f['name']}}">{{f['label']}}</option>
+    % end
+    </select>
+    <button type="submit">Move</button>
   </form>
   % if user['role'] == 'admin' and '@' in message['from']:
   <form method="post" action="/admin/blocklist" class="inline">
@@ -68,3 +95,4 @@
   % end
 </div>
 </article>
+</div>
