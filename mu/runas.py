@@ -120,9 +120,18 @@ def _unreadable_as(uid: int, gid: int, groups: list):
 
 
 def check_home(home: str) -> None:
-    """Make MU_HOME if need be and check that this process can use it and every file in it."""
+    """Check that this process can use MU_HOME and every file in it. A MU_HOME that does not
+    exist yet is made by the first command that writes (a refused command leaves nothing),
+    so here its nearest existing parent must let us make it."""
     if os.path.lexists(home) and not os.path.isdir(home):
         raise HomeError(f"MU_HOME: {home} is not a folder")
+    if not os.path.exists(home):
+        parent = os.path.dirname(os.path.abspath(home))
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise HomeError(f"MU_HOME: cannot create {home}: {parent} is not writable by {_user_name(os.geteuid())}")
+        return
     try:
         safeio.ensure_dir(home)
     except OSError as exc:

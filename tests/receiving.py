@@ -55,11 +55,13 @@ class Receiver(InProcess):
         replies = self.dialog([f"EHLO {helo}", mail, f"RCPT TO:<{rcpt}>", "DATA"], data, peer_ip=peer_ip, log=log)
         return replies[-1]
 
-    def inbox(self, user: str) -> list:
-        """Stored messages in `user`'s inbox, newest first, each with its raw text."""
+    def inbox(self, user: str, folder: str = "INBOX") -> list:
+        """Stored messages in one of `user`'s mailboxes, newest first, each with its raw text."""
         with self.app.store.reading() as state:
-            ids = [i for i, m in state.messages.items() if m["boxes"].get(user, {}).get("folder") == "inbox"]
-            messages = [dict(state.messages[i]) for i in sorted(ids, reverse=True)]
-        for msg in messages:
-            msg["raw"] = self.app.store.read_blob(msg["raw_blob"]).decode("utf-8", "replace")
+            numbers = list(reversed(state.mailbox(user, folder).msgs))
+        messages = []
+        for n in numbers:
+            msg = dict(self.app.store.meta_record(n))
+            msg["raw"] = self.app.mailstore.raw_of(n).decode("utf-8", "replace")
+            messages.append(msg)
         return messages

@@ -42,11 +42,11 @@ def site(tmp_path, dns):
     return receiver
 
 
-def deliver(mu, rcpt, sender, data: bytes):
+def deliver(mu, rcpt, sender, data: bytes, folder: str = "inbox"):
     name, token = rcpt
     with smtplib.SMTP("127.0.0.1", mu.smtp_port) as s:
         s.sendmail(sender, [f"{name}@mu.test"], data)
-    msg = mu.inbox(token)["messages"][0]
+    msg = mu.inbox(token, folder=folder)["messages"][0]
     raw = mu.http("GET", f"/api/mail/{msg['id']}/raw", token).text
     return msg, raw
 
@@ -198,7 +198,7 @@ def test_dkim_fail_when_body_altered_and_dmarc_fail(mu, dns, rcpt, signing_key):
     dns.add("_dmarc." + domain, "TXT", "v=DMARC1; p=quarantine")
     dns.add(domain, "TXT", "v=spf1 ip4:192.0.2.1 -all")
     data = signed(key, domain).replace(b"hello", b"HELLO")
-    msg, raw = deliver(mu, rcpt, f"bounce@{domain}", data)
+    msg, raw = deliver(mu, rcpt, f"bounce@{domain}", data, folder="Junk")   # p=quarantine: to Junk
     assert msg["auth"]["dkim"] == "fail" and msg["auth"]["dmarc"] == "fail"
     assert msg["auth"]["dmarc_policy"] == "quarantine"
     assert "dkim=fail" in raw and "dmarc=fail (p=quarantine dis=quarantine)" in raw
@@ -395,8 +395,9 @@ def test_dmarc_temperror_never_rejects(site, dns):
 def test_dmarc_quarantine_is_marked_on_the_stored_message(site, dns):
     domain = dmarc_domain(dns, "v=DMARC1; p=quarantine")
     assert site.send(f"someone@{domain}", "alice@mu.test", message_from(domain)).code == 250
-    auth = site.inbox("alice")[0]["auth"]
+    auth = site.inbox("alice", "Junk")[0]["auth"]
     assert auth["dmarc"] == "fail" and auth["dmarc_disposition"] == "quarantine"
+    assert site.inbox("alice") == []   # quarantined mail goes to Junk, not INBOX
 
 
 def test_dmarc_pct_0_applies_the_next_weaker_policy(site, dns):
@@ -404,7 +405,7 @@ def test_dmarc_pct_0_applies_the_next_weaker_policy(site, dns):
     domain = dmarc_domain(dns, "v=DMARC1; p=reject; pct=0")
     for _ in range(5):
         assert site.send(f"someone@{domain}", "alice@mu.test", message_from(domain)).code == 250
-    assert [m["auth"]["dmarc_disposition"] for m in site.inbox("alice")] == ["quarantine"] * 5
+    assert [m["auth"]["dmarc_disposition"] for m in site.inbox("alice", "Junk")] == ["quarantine"] * 5
     quarantine = dmarc_domain(dns, "v=DMARC1; p=quarantine; pct=0")
     assert site.send(f"someone@{quarantine}", "alice@mu.test", message_from(quarantine)).code == 250
     assert site.inbox("alice")[0]["auth"]["dmarc_disposition"] == "none"
@@ -446,7 +447,7 @@ def test_dmarc_sp_applies_to_subdomains_found_at_the_organizational_domain(site,
     # A subdomain with its own record: its p= applies, not the parent's sp=.
     dns.add("_dmarc.own." + org, "TXT", "v=DMARC1; p=quarantine")
     assert site.send(f"a@own.{org}", "alice@mu.test", message_from("own." + org)).code == 250
-    assert site.inbox("alice")[0]["auth"]["dmarc_disposition"] == "quarantine"
+    assert site.inbox("alice", "Junk")[0]["auth"]["dmarc_disposition"] == "quarantine"
 
 
 def test_dmarc_organizational_domain_comes_from_the_public_suffix_list(site, dns):
