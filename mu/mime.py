@@ -111,8 +111,9 @@ def one_line(text: str) -> str:
 _ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([qQbB])\?([^?\s]*)\?=")
 
 
-def _b_decode(data: bytes) -> bytes:
-    """Base64 as the email package reads it: fix the padding, else skip stray characters."""
+def _b_decode(data: bytes, undecodable: bytes = b"") -> bytes:
+    """Base64 as the email package reads it: fix the padding, else skip stray characters;
+    `undecodable` when even that fails (its length cannot be base64)."""
     data = b"".join(data.split())
     missing = -len(data) % 4
     try:
@@ -123,7 +124,7 @@ def _b_decode(data: bytes) -> bytes:
                 return base64.b64decode(data + extra, validate=False)
             except binascii.Error:
                 pass
-    return b""
+    return undecodable
 
 
 def decode_words(value: str) -> str:
@@ -319,8 +320,8 @@ def _uu_decode(data: bytes) -> bytes:
 def transfer_decode(data: bytes, cte: str) -> bytes:
     """A part's content with its Content-Transfer-Encoding (RFC 2045 §6) undone;
     unknown encodings are kept as they came."""
-    if cte == "base64":
-        return _b_decode(data)
+    if cte == "base64":   # content that is not base64 at all is kept, lines joined, as the email package does
+        return _b_decode(data, undecodable=b"".join(data.splitlines()))
     if cte == "quoted-printable":
         return binascii.a2b_qp(data)
     if cte in ("x-uuencode", "uuencode", "uue", "x-uue"):
@@ -400,8 +401,10 @@ class _Walk:
         if not value:
             return default_type, {}
         main, params = parse_params(value)
-        # RFC 2045 §5.2: a Content-Type that does not parse means text/plain.
-        return (valid_content_type(main) or "text/plain"), params
+        # `application/pdf name="x.pdf"` (a missing ";") is read as its first word; a type
+        # that still does not parse means text/plain (RFC 2045 §5.2).
+        words = main.split(None, 1)
+        return (valid_content_type(main) or valid_content_type(words[0] if words else "") or "text/plain"), params
 
     def _children(self, headers, params, start, end, depth):
         boundary = params.get("boundary", "").rstrip()
@@ -502,8 +505,8 @@ def parse(raw: bytes, *, max_parts: int = MAX_PARTS, max_depth: int = MAX_DEPTH,
     deadline = time.monotonic() + timeout_seconds if timeout_seconds else None
     walk = _Walk(raw, max_parts, max_depth, deadline)
     headers = walk.run()
-    text = "\n".join(walk.text).replace("\r\n", "\n")
-    html = "\n".join(walk.html)
+    text = "\n".join(t for t in walk.text if t.strip()).replace("\r\n", "\n")
+    html = "\n".join(h for h in walk.html if h.strip())
     if not text and html:
         text = html_to_text(html)
     from_list = addresses(headers, "From")
