@@ -121,7 +121,7 @@ def main(argv=None) -> int:
 
 def run_command(cfg, args) -> int:
     from .accounts import MIN_OPERATOR_PASSWORD_CHARS, AccountError, Accounts
-    from .blocklist import Blocklist, BlocklistError
+    from .blocklist import Blocklist, BlocklistError, classify
     try:
         if args.command == "users":
             from .store import Store
@@ -143,7 +143,11 @@ def run_command(cfg, args) -> int:
             elif args.action == "token":
                 print(accounts.issue_token(args.name))
         elif args.command == "blocklist":
-            blocklist = Blocklist(_home(cfg))
+            if args.action in ("add", "remove"):
+                classify(args.value)   # a bad value is refused before anything is written
+                blocklist = Blocklist(_home(cfg), strict=True)
+            else:
+                blocklist = Blocklist(cfg.home, strict=True)
             if args.action == "add":
                 blocklist.add(args.value)
             elif args.action == "remove":
