@@ -9,7 +9,7 @@ import time
 from .. import addr
 from ..auth import dkim as dkim_auth, dmarc, spf as spf_auth
 from ..log import log
-from ..mime import parse as parse_mime
+from ..mime import MimeLimitError, parse as parse_mime
 from . import replies as R
 from .replies import ReplyError
 
@@ -81,8 +81,12 @@ class ReceivePolicy:
         for _address, names in envelope.recipients:
             users += [n for n in names if n not in users]
         try:
-            parsed = parse_mime(data)
-        except Exception:  # the email package is lenient; this is a last resort
+            parsed = parse_mime(data, max_parts=self.config.max_mime_parts, max_depth=self.config.max_mime_depth,
+                                timeout_seconds=self.config.mime_timeout_seconds)
+        except MimeLimitError as exc:
+            log("smtp", f"refused a message from {envelope.mail_from or '<>'} (IP: {envelope.peer_ip}): {exc}")
+            return R.MIME_LIMIT.with_text(R.MIME_LIMIT.text.format(reason=exc))
+        except Exception:  # mime.parse never raises on broken MIME; this is a last resort
             parsed = {"subject": "", "from_name": "", "from_addr": envelope.mail_from or "", "to": [],
                       "cc": [], "message_id": "", "in_reply_to": "", "references": [],
                       "text": data.decode("utf-8", "replace"), "html": "", "attachments": []}

@@ -90,3 +90,6 @@ NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Parameter not recognized or not implemented")
 SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 EMPTY_MESSAGE = Reply(554, "5.6.0", "Message rejected: no headers or body")
+# RFC 3463 §3.7: X.6.0, a media (content) error. Permanent: the same message would take
+# the same time, or break the same limit, on every retry.
+MIME_LIMIT = Reply(554, "5.6.0", "Message rejected: {reason}")
