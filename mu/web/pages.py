@@ -7,6 +7,8 @@ import bottle
 from bottle import request, response
 
 from ..mailbox import MailError
+from ..mime import safe_content_type
+from . import bodies
 from .common import check_csrf, render, require_user
 
 # Received HTML runs nothing and loads nothing remote (unless asked): no script at all,
@@ -20,7 +22,7 @@ def download(name: str, ctype: str, data: bytes):
     quoted = urllib.parse.quote(name or "attachment")
     ascii_name = "".join(c for c in (name or "attachment") if c.isascii() and c.isprintable() and c not in '"\\;')
     return bottle.HTTPResponse(body=data, headers={
-        "Content-Type": ctype if "/" in (ctype or "") and "\n" not in ctype else "application/octet-stream",
+        "Content-Type": safe_content_type(ctype),
         "Content-Disposition": f"attachment; filename=\"{ascii_name or 'attachment'}\"; filename*=UTF-8''{quoted}",
         "Content-Length": str(len(data)),
         "Content-Security-Policy": "default-src 'none'; sandbox",
@@ -28,13 +30,7 @@ def download(name: str, ctype: str, data: bytes):
 
 
 def read_upload_attachments(app) -> list:
-    out = []
-    for upload in request.files.getall("attachments"):
-        if not upload or not upload.raw_filename:
-            continue
-        data = upload.file.read(app.config.max_message_bytes + 1)
-        out.append((upload.raw_filename, upload.content_type or "application/octet-stream", data))
-    return out
+    return bodies.read_uploads(app)
 
 
 def install(web, app):
