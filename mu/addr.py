@@ -45,7 +45,9 @@ def idna_domain(domain: str) -> str:
 def parse(address: str) -> tuple:
     """Validate an address and return (local, ascii_domain)."""
     address = address.strip()
-    if any(c in address for c in "\r\n\0") or " " in address and not address.startswith('"'):
+    # Line breaks of any kind (str.splitlines() splits at \x85, \u2028, \u2029 too) would
+    # break the header the address is written into.
+    if any(c in address for c in "\r\n\0\x85\u2028\u2029") or " " in address and not address.startswith('"'):
         raise AddressError(f"invalid address: {address!r}")
     local, domain = split(address)
     if len(local.encode("utf-8")) > MAX_LOCAL_OCTETS:

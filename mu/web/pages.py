@@ -71,7 +71,7 @@ def install(web, app):
                 source = mailbox.get(user["name"], source_id, mark_read=False)
             except MailError:
                 raise bottle.HTTPError(404, "Message not found")
-            quoted = "\n".join("> " + line for line in source["body"].splitlines())
+            quoted = "\n".join("> " + line for line in source["body"].split("\n"))   # not at U+2028
             if request.query.get("reply"):
                 reply_to = source["id"]
                 sender = source["from"]
