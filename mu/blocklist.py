@@ -107,8 +107,9 @@ class Blocklist:
                 except BlocklistFileError as exc:
                     if self.strict:
                         raise
-                    kept = (f"keeping the last good list ({len(self._entries)} entries)" if self._loaded
-                            else "using an empty blocklist until it is fixed")
+                    count = len(self._entries)
+                    kept = (f"keeping the last good list ({count} {'entry' if count == 1 else 'entries'})"
+                            if self._loaded else "using an empty blocklist until it is fixed")
                     log("mail", f"blocklist ignored: {exc}; {kept}")
                 self._stamp = stamp   # a broken file is reported once, and read again when it changes
             return self._entries

@@ -38,6 +38,11 @@ MAX_DEPTH = 20
 ADDRESS_HEADER_MAX_CHARS = 65536
 #: RFC 6838 §4.2: a type or subtype name is at most 127 characters.
 MAX_TYPE_NAME_CHARS = 127
+#: Parameters read from one Content-Type or Content-Disposition, and characters kept of
+#: each value: far more than any real header has (a long file name split by RFC 2231 has
+#: a few dozen pieces; a boundary is at most 70 characters, RFC 2046 §5.1.1).
+MAX_PARAMS = 1000
+MAX_PARAM_VALUE_CHARS = 1024
 
 _MESSAGE_HEADERS = ("subject", "from", "to", "cc", "date", "message-id", "in-reply-to", "references",
                     "content-type", "content-disposition", "content-transfer-encoding")
@@ -240,10 +245,15 @@ def parse_params(value: str) -> tuple:
     main = (value if semi < 0 else value[:semi]).strip().lower()
     params, split = {}, {}
     if semi >= 0:
-        for match in _PARAM.finditer(value, semi):
+        for count, match in enumerate(_PARAM.finditer(value, semi)):
+            if count >= MAX_PARAMS:
+                break
             attr, quoted, token = match.groups()
-            attr = attr.lower()
-            text = _QUOTED_PAIR.sub(r"\1", quoted) if quoted is not None else token.strip()
+            attr = attr.lower()[:MAX_PARAM_VALUE_CHARS]
+            if quoted is not None:
+                text = _QUOTED_PAIR.sub(r"\1", quoted[:MAX_PARAM_VALUE_CHARS])
+            else:
+                text = token[:MAX_PARAM_VALUE_CHARS].strip()
             if "*" in attr:
                 m = _RFC2231_NAME.match(attr)
                 if m:
@@ -306,12 +316,15 @@ def _uu_decode(data: bytes) -> bytes:
             continue
         if line.strip() == b"end":
             break
+        # A line never gives more bytes than its characters carry: a short line claiming
+        # 45 bytes would otherwise turn a message into an attachment 45 times its size.
+        most = max(0, (len(line) - 1) * 3 // 4)
         try:
-            out.append(binascii.a2b_uu(line))
+            out.append(binascii.a2b_uu(line)[:most])
         except binascii.Error:
             try:   # a line some encoders pad wrongly: its stated length decides
                 nbytes = (((line[0] - 32) & 63) * 4 + 5) // 3
-                out.append(binascii.a2b_uu(line[:nbytes]))
+                out.append(binascii.a2b_uu(line[:nbytes])[:most])
             except (binascii.Error, IndexError):
                 pass
     return b"".join(out) if started else data
@@ -383,7 +396,7 @@ class _Walk:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise MimeLimitError("could not be read in the time allowed")
             headers, start, end, depth, default_type = stack.pop()
-            ctype, params = self._content_type(headers, default_type)
+            ctype, params, stored_type = self._content_type(headers, default_type)
             if ctype.startswith("multipart/"):
                 children = self._children(headers, params, start, end, depth)
                 if children is not None:
@@ -392,19 +405,22 @@ class _Walk:
                         child_headers, child_body = _read_head(raw, child_start, child_end, _PART_HEADERS)
                         stack.append((child_headers, child_body, child_end, depth + 1, child_default))
                     continue
-                ctype, params = "text/plain", {}   # no delimiter found: show what is there
-            self._leaf(headers, ctype, params, start, end)
+                ctype, params, stored_type = "text/plain", {}, "text/plain"   # no delimiter: show what is there
+            self._leaf(headers, ctype, params, stored_type, start, end)
         return top
 
     def _content_type(self, headers: dict, default_type: str) -> tuple:
+        """(type to read the part as, parameters, type to store it as if an attachment)."""
         value = _first(headers, "content-type")
         if not value:
-            return default_type, {}
+            return default_type, {}, default_type
         main, params = parse_params(value)
-        # `application/pdf name="x.pdf"` (a missing ";") is read as its first word; a type
-        # that still does not parse means text/plain (RFC 2045 §5.2).
+        # `application/pdf name="x.pdf"` (a missing ";") is read as its first word. A type
+        # that still does not parse is read as text/plain (RFC 2045 §5.2), but stored as
+        # application/octet-stream: nothing says what the bytes are.
         words = main.split(None, 1)
-        return (valid_content_type(main) or valid_content_type(words[0] if words else "") or "text/plain"), params
+        ctype = valid_content_type(main) or valid_content_type(words[0] if words else "")
+        return (ctype or "text/plain"), params, (ctype or "application/octet-stream")
 
     def _children(self, headers, params, start, end, depth):
         boundary = params.get("boundary", "").rstrip()
@@ -426,7 +442,7 @@ class _Walk:
                              if nxt[0] < end else end))
         return children
 
-    def _leaf(self, headers, ctype, params, start, end):
+    def _leaf(self, headers, ctype, params, stored_type, start, end):
         disposition, dparams = parse_params(_first(headers, "content-disposition"))
         filename = dparams.get("filename") or params.get("name") or ""
         filename = one_line(filename)
@@ -442,7 +458,7 @@ class _Walk:
             if filename:
                 self.attachments.append((filename, ctype, data))
         else:
-            self.attachments.append((filename or "attachment", ctype, data))
+            self.attachments.append((filename or "attachment", stored_type, data))
 
 
 # ---------------------------------------------------------------- addresses
@@ -583,7 +599,9 @@ def html_to_text(html: str) -> str:
     out, pos, n, pre = [], 0, len(html), 0
     while True:
         special = _SPECIAL.search(html, pos)
-        out.append(_shown(html[pos:n if special is None else special.start()], pre > 0))
+        end = n if special is None else special.start()
+        if end > pos:
+            out.append(_shown(html[pos:end], pre > 0))
         if special is None:
             break
         if special.group(0) == "<!--":

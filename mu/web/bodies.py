@@ -13,7 +13,7 @@ import re
 import bottle
 from bottle import request
 
-from ..mime import one_line, safe_content_type
+from ..mime import one_line, parse_params, safe_content_type
 from .common import json_error
 
 # A JSON string: the classes stop at the quote or backslash, each backslash takes what
@@ -74,7 +74,36 @@ def check_json_field(app, data: dict, key: str) -> None:
 
 #: Form fields that hold a message's text, and so may be as large as a message.
 LONG_FORM_FIELDS = frozenset({"body"})
+#: The header lines of one part of a multipart/form-data body, bytes (a browser sends
+#: two short lines: Content-Disposition and Content-Type).
+MAX_FORM_PART_HEADER_BYTES = 8192
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def form_parts_problem(body: bytes, boundary: bytes):
+    """Why bottle should not read this multipart/form-data body, or None.
+
+    Bottle joins a folded part header by copying it once per line, which is quadratic in
+    the header's length; browsers never fold (RFC 7578 parts carry two short fields), so a
+    folded line, or a part header section over MAX_FORM_PART_HEADER_BYTES, is refused.
+    Each search starts where the last one stopped: one pass over the body."""
+    delimiter = b"--" + boundary
+    pos = body.find(delimiter)
+    while pos >= 0:
+        head_start = body.find(b"\r\n", pos)
+        if head_start < 0:
+            return None
+        head_start += 2
+        nxt = body.find(b"\r\n" + delimiter, head_start)
+        part_end = len(body) if nxt < 0 else nxt
+        head_end = body.find(b"\r\n\r\n", head_start - 2, min(part_end, head_start + MAX_FORM_PART_HEADER_BYTES))
+        if head_end < 0 and part_end - head_start > MAX_FORM_PART_HEADER_BYTES:
+            return f"a form part's header is longer than {MAX_FORM_PART_HEADER_BYTES} bytes"
+        head = body[head_start - 2:part_end if head_end < 0 else head_end]
+        if b"\r\n " in head or b"\r\n\t" in head:
+            return "a form part's header is folded"
+        pos = -1 if nxt < 0 else nxt + 2
+    return None
 
 
 def check_form_fields(app) -> None:
@@ -83,6 +112,12 @@ def check_form_fields(app) -> None:
     ctype = (request.content_type or "").split(";")[0].strip().lower()
     if request.method != "POST" or ctype not in _FORM_TYPES:
         return
+    if ctype == "multipart/form-data":
+        # request.content_type is lower-cased, and a boundary is not (RFC 2046 §5.1.1).
+        boundary = parse_params(request.environ.get("CONTENT_TYPE", ""))[1].get("boundary", "")
+        problem = form_parts_problem(request.body.read(), boundary.encode("latin-1", "replace")) if boundary else None
+        if problem:
+            raise bottle.HTTPError(400, f"Malformed form: {problem}.")
     # Bottle keeps urlencoded values as latin-1 text (one character per byte, recoded when
     # read) and multipart ones as decoded text.
     recoded = request.forms.recode_unicode
