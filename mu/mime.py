@@ -11,7 +11,7 @@ raises MimeLimitError and the receiver refuses the message. Short of that, broke
 never raises: what cannot be decoded is kept as an attachment or shown as text with
 replacement characters, because losing a message is worse.
 
-What is shown where (see docs/README.md, "Reading received mail"):
+What is shown where (docs/README.md, "How a received message is read"):
 - text/plain (and other text/*) parts not marked `attachment` are the body, in order;
   one that also has a file name is listed as an attachment too, so it can be saved.
 - text/html parts not marked `attachment` are the HTML body; the text body comes from
@@ -173,16 +173,18 @@ def decode_words(value: str) -> str:
 
 # RFC 5322 §3.6.8: a field name is printable US-ASCII except ":" (and, as the email
 # package reads it, no space before the colon).
+# The patterns start at the line break before a line ("\n" is a literal the regex engine
+# skips to quickly; "^" with re.M is tried at every position, and re.I is slow).
 _END_OF_HEAD = re.compile(rb"\n\r?\n")
-_NOT_A_FIELD = re.compile(rb"^(?![ \t]|[!-9;-~]+:)", re.M)
+_NOT_A_FIELD = re.compile(rb"\n(?![ \t]|[!-9;-~]+:)")
 _NEXT_FIELD = re.compile(rb"\n(?![ \t])")
 _FIELDS = {}
 
 
 def _fields_pattern(wanted: tuple):
     if wanted not in _FIELDS:
-        names = b"|".join(re.escape(n.encode()) for n in wanted)
-        _FIELDS[wanted] = re.compile(rb"^(" + names + rb"):", re.M | re.I)
+        names = "|".join("".join(f"[{c}{c.upper()}]" if c.isalpha() else re.escape(c) for c in n) for n in wanted)
+        _FIELDS[wanted] = re.compile(rb"\n(" + names.encode() + rb"):")
     return _FIELDS[wanted]
 
 
@@ -200,13 +202,14 @@ def _read_head(data: bytes, start: int, end: int, wanted: tuple) -> tuple:
         return {}, data.find(b"\n", start, end) + 1
     blank = _END_OF_HEAD.search(data, start, end)
     head_end, body = (blank.start() + 1, blank.end()) if blank else (end, end)
-    stray = _NOT_A_FIELD.search(data, start, head_end)
-    if stray is not None and stray.start() < head_end:
-        head_end = body = stray.start()
+    head = b"\n" + data[start:head_end]   # every line after its line break, the first one too
+    stray = _NOT_A_FIELD.search(head)
+    if stray is not None and stray.start() + 1 < len(head):
+        head, body = head[:stray.start() + 1], start + stray.start()
     headers = {}
-    for match in _fields_pattern(wanted).finditer(data, start, head_end):
-        nxt = _NEXT_FIELD.search(data, match.end(), head_end)
-        raw = data[match.end():nxt.start() if nxt else head_end].replace(b"\r", b"").replace(b"\n", b"")
+    for match in _fields_pattern(wanted).finditer(head):
+        nxt = _NEXT_FIELD.search(head, match.end())
+        raw = head[match.end():nxt.start() if nxt else len(head)].replace(b"\r", b"").replace(b"\n", b"")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -344,6 +347,9 @@ def transfer_decode(data: bytes, cte: str) -> bytes:
 
 # ---------------------------------------------------------------- the MIME walk
 
+_PADDING = re.compile(rb"[ \t]*")
+
+
 def _delimiters(data: bytes, start: int, end: int, boundary: bytes, max_parts: int) -> list:
     """[(delimiter line start, next line start, closing)] of a multipart body, RFC 2046
     §5.1.1: a line that is "--" boundary, optionally "--", then only spaces or tabs."""
@@ -358,8 +364,7 @@ def _delimiters(data: bytes, start: int, end: int, boundary: bytes, max_parts: i
             closing = data.startswith(b"--", j, end)
             if closing:
                 j += 2
-            while j < end and data[j] in b" \t":
-                j += 1
+            j = _PADDING.match(data, j, end).end()   # RFC 2046 §5.1.1: transport-padding
             if j >= end or data[j] in b"\r\n":
                 nxt = j + 2 if data.startswith(b"\r\n", j, end) else min(j + 1, end)
                 found.append((i, nxt, closing))

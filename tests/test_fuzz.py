@@ -109,8 +109,8 @@ def test_single_part_text_agrees_with_the_email_package(body, cte, charset):
     msg.set_content(body, charset=charset, cte=cte)
     raw = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
     parsed = mime.parse(raw)
-    reference = email.message_from_bytes(raw, policy=email.policy.default).get_content()
-    assert parsed["text"] == reference.replace("\r\n", "\n")
+    reference = email.message_from_bytes(raw, policy=email.policy.default).get_content().replace("\r\n", "\n")
+    assert parsed["text"] == (reference if reference.strip() else "")   # mu leaves blank text parts out
     assert parsed["subject"] == "Grüße ✓" and parsed["from_name"] == "Ann"
 
 

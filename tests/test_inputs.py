@@ -79,6 +79,7 @@ def _worst_cases():
         "references": b"References: " + b(b"<") + b"\r\n\r\nbody",
         "almost delimiters": b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b(b"--bx\r\n"),
         "delimiter prefixes": b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b(b"--b"),
+        "delimiter padding": b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b(b"--b" + b" " * 1000 + b"x\r\n"),
         "nested to the limit": b"".join(b"Content-Type: multipart/mixed; boundary=%d\r\n\r\n--%d\r\n" % (i, i)
                                         for i in range(mime.MAX_DEPTH)) + b(b"x"),
         "parts to the limit": _multipart([b"\r\n" + b"x" * (FIVE_MB // 1000)] * (mime.MAX_PARTS - 1)),
