@@ -23,6 +23,7 @@ import base64
 import binascii
 import codecs
 import email.utils
+import functools
 import html as htmllib
 import re
 import time
@@ -64,6 +65,7 @@ _NO_REAL_CHARSET = frozenset({"", "us-ascii", "ascii", "us_ascii", "ansi_x3.4-19
                               "x-unknown", "unknown", "default", "8bit", "7bit"})
 
 
+@functools.lru_cache(maxsize=256)
 def _codec(charset: str):
     """The Python codec name for a MIME charset label, or None when unknown or refused."""
     label = (charset or "").strip().strip('"').strip().lower()
@@ -386,6 +388,17 @@ def _before_line_break(data: bytes, start: int, pos: int) -> int:
     return pos
 
 
+@functools.lru_cache(maxsize=1024)   # most mail carries one of a few dozen Content-Types
+def _content_type(value: str) -> tuple:
+    main, params = parse_params(value)
+    # `application/pdf name="x.pdf"` (a missing ";") is read as its first word. A type that
+    # still does not parse is read as text/plain (RFC 2045 §5.2), but stored as
+    # application/octet-stream: nothing says what the bytes are.
+    words = main.split(None, 1)
+    ctype = valid_content_type(main) or valid_content_type(words[0] if words else "")
+    return (ctype or "text/plain"), params, (ctype or "application/octet-stream")
+
+
 class _Walk:
     def __init__(self, raw: bytes, max_parts: int, max_depth: int, deadline):
         self.raw = raw
@@ -419,13 +432,7 @@ class _Walk:
         value = _first(headers, "content-type")
         if not value:
             return default_type, {}, default_type
-        main, params = parse_params(value)
-        # `application/pdf name="x.pdf"` (a missing ";") is read as its first word. A type
-        # that still does not parse is read as text/plain (RFC 2045 §5.2), but stored as
-        # application/octet-stream: nothing says what the bytes are.
-        words = main.split(None, 1)
-        ctype = valid_content_type(main) or valid_content_type(words[0] if words else "")
-        return (ctype or "text/plain"), params, (ctype or "application/octet-stream")
+        return _content_type(value) if len(value) <= 256 else _content_type.__wrapped__(value)
 
     def _children(self, headers, params, start, end, depth):
         boundary = params.get("boundary", "").rstrip()
