@@ -498,6 +498,7 @@ def test_malformed_blocklist_keeps_last_good_list_and_smtp_answering(make_mu):
         replies = smtp_dialog(server.smtp_port, dialog)
         assert replies[0].startswith("220")
         assert replies[-5].startswith("554") and replies[-2].startswith("250"), replies
+    wait_for(lambda: "blocklist ignored" in server.log(), message="the log line")   # stderr is read by a thread
     messages = [line for line in server.log_lines if "blocklist ignored" in line]
     assert len(messages) == 1, messages
     assert path in messages[0] and "keeping the last good list (1 entry)" in messages[0]
@@ -515,6 +516,7 @@ def test_malformed_blocklist_at_start_up_means_an_empty_list_said_once(tmp_path,
         replies = smtp_dialog(server.smtp_port, [b"EHLO x.example", b"MAIL FROM:<a@b.example>",
                                                  f"RCPT TO:<{name}@mu.test>".encode(), b"QUIT"])
         assert replies[0].startswith("220") and replies[-2].startswith("250"), replies
+        wait_for(lambda: "blocklist ignored" in server.log(), message="the log line")
         lines = [line for line in server.log_lines if "blocklist ignored" in line]
         assert len(lines) == 1 and str(home / "blocklist.json") in lines[0]
         assert "using an empty blocklist until it is fixed" in lines[0]
