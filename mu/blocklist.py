@@ -1,7 +1,13 @@
 """The blocklist: email addresses, `*@domain` wildcards and IP addresses, in blocklist.json.
 
 Every change is an atomic rewrite under flock, so the CLI and the server never lose each
-other's writes; the server re-reads the file whenever its inode or mtime changes.
+other's writes; the server re-reads the file whenever its inode or mtime changes. The file
+is created by the first change (no file is an empty list).
+
+A file that cannot be read or is not a blocklist (hand-edited, truncated) never stops the
+server: it logs one line naming the file, keeps the last good list (an empty one if it
+started that way) and goes on answering SMTP. A change, or the CLI (`strict`), refuses
+with BlocklistFileError instead, so a broken file is never overwritten.
 """
 
 import functools
@@ -17,6 +23,10 @@ from .log import log
 
 class BlocklistError(ValueError):
     pass
+
+
+class BlocklistFileError(BlocklistError):
+    """blocklist.json cannot be read, or is not a blocklist; str() names the file."""
 
 
 def classify(value: str) -> tuple:
@@ -49,16 +59,16 @@ def _canonical_ip(text: str):
 
 
 class Blocklist:
-    def __init__(self, home: str):
+    def __init__(self, home: str, strict: bool = False):
         self.path = os.path.join(home, "blocklist.json")
         self.lock_path = os.path.join(home, ".blocklist.lock")
+        self.strict = strict
         self._mu = threading.Lock()
         self._stamp = None
         self._entries = {}
-        if not os.path.exists(self.path):
-            with safeio.flocked(self.lock_path):
-                if not os.path.exists(self.path):
-                    safeio.write_json_atomic(self.path, {"entries": []})
+        self._loaded = False   # whether a good list has been read
+        if not strict:
+            self._fresh()   # at start-up, so a broken file is reported at once
 
     def _file_stamp(self):
         try:
@@ -68,18 +78,40 @@ class Blocklist:
             return None
 
     def _read_file(self) -> dict:
+        """{value: entry}; BlocklistFileError when the file is unreadable or malformed."""
         try:
             with open(self.path, "rb") as f:
-                data = json.load(f)
+                data = json.loads(f.read().decode("utf-8"))
         except FileNotFoundError:
             return {}
-        return {e["value"]: e for e in data.get("entries", [])}
+        except OSError as exc:
+            raise BlocklistFileError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise BlocklistFileError(f"{self.path} is not UTF-8 text") from None
+        except ValueError as exc:
+            raise BlocklistFileError(f"{self.path} is not valid JSON: {exc}") from None
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("value"), str) and e.get("kind") in ("email", "ip")
+                for e in entries):
+            raise BlocklistFileError(f'{self.path} is not a blocklist: expected '
+                                     '{"entries": [{"value": ..., "kind": "email" or "ip"}, ...]}')
+        return {e["value"]: e for e in entries}
 
     def _fresh(self) -> dict:
         stamp = self._file_stamp()
         with self._mu:
             if stamp != self._stamp:
-                self._entries, self._stamp = self._read_file(), stamp
+                try:
+                    self._entries, self._loaded = self._read_file(), True
+                except BlocklistFileError as exc:
+                    if self.strict:
+                        raise
+                    count = len(self._entries)
+                    kept = (f"keeping the last good list ({count} {'entry' if count == 1 else 'entries'})"
+                            if self._loaded else "using an empty blocklist until it is fixed")
+                    log("mail", f"blocklist ignored: {exc}; {kept}")
+                self._stamp = stamp   # a broken file is reported once, and read again when it changes
             return self._entries
 
     def entries(self) -> list:

@@ -152,7 +152,7 @@ def main(argv=None) -> int:
 
 def run_command(cfg, args) -> int:
     from .accounts import MIN_OPERATOR_PASSWORD_CHARS, AccountError, Accounts
-    from .blocklist import Blocklist, BlocklistError
+    from .blocklist import Blocklist, BlocklistError, classify
     try:
         if args.command == "users":
             from .store import Store
@@ -184,7 +184,11 @@ def run_command(cfg, args) -> int:
                                              min_password_chars=MIN_OPERATOR_PASSWORD_CHARS)
                 print(f"password changed for {user['name']}; their web sessions were ended")
         elif args.command == "blocklist":
-            blocklist = Blocklist(_home(cfg))
+            if args.action in ("add", "remove"):
+                classify(args.value)   # a bad value is refused before anything is written
+                blocklist = Blocklist(_home(cfg), strict=True)
+            else:
+                blocklist = Blocklist(cfg.home, strict=True)
             if args.action == "add":
                 blocklist.add(args.value)
             elif args.action == "remove":

@@ -203,6 +203,15 @@ SETTINGS = [
      "comma-separated public addresses of this host (behind NAT), for `doctor`'s A and PTR checks"),
     ("MU_DOCTOR_MX", "doctor_mx", "gmail-smtp-in.l.google.com", _mx_probe,
      "the MX host (`HOST` or `HOST:PORT`) `doctor` connects to, to see whether outbound port 25 is open"),
+    ("MAIL_MAX_MIME_PARTS", "max_mime_parts", "1000", _int(1, 1000000),
+     "MIME body parts per received message (554 5.6.0 beyond)"),
+    ("MAIL_MAX_MIME_DEPTH", "max_mime_depth", "20", _int(1, 1000),
+     "multiparts nested in a received message, levels (554 5.6.0 beyond)"),
+    ("MAIL_MIME_TIMEOUT", "mime_timeout_seconds", "10", _seconds,
+     "time allowed to read one received message's MIME structure, seconds (554 5.6.0 beyond)"),
+    ("MU_JSON_MAX_DEPTH", "json_max_depth", "20", _int(1, 1000), "nesting of arrays and objects in a JSON request body, levels"),
+    ("MU_FIELD_MAX_BYTES", "field_max_bytes", "65536", _int(256),
+     "one form field or JSON string, bytes, other than a message body or attachment (those: MAIL_MAX_SIZE)"),
 ]
 
 
@@ -239,6 +248,11 @@ class Config:
     acme_webroot: Optional[str]
     public_ips: tuple
     doctor_mx: tuple
+    max_mime_parts: int
+    max_mime_depth: int
+    mime_timeout_seconds: float
+    json_max_depth: int
+    field_max_bytes: int
 
     @property
     def dkim_key_path(self) -> str:

@@ -179,15 +179,23 @@ class Mu:
     def domain(self) -> str:
         return self.env["MAIL_DOMAIN"]
 
-    def start(self):
+    def start(self, _tries: int = 3):
         self.log_lines = []
         self.proc = subprocess.Popen([sys.executable, MU, "--serve", "--address", f"127.0.0.1:{self.web_port}"],
                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      cwd=ROOT)
-        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+        pump = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        pump.start()
         wait_for(lambda: self.proc.poll() is not None or any("web: Listening on" in l for l in self.log_lines),
                  timeout=20, message="mu to start")
         if self.proc.poll() is not None:
+            pump.join(5)   # every line it wrote
+            if _tries > 1 and "Address already in use" in self.log() and self.env.get("MAIL_PORT") == str(self.smtp_port):
+                # free_port() gave back a port that another connection on this machine took
+                # as its own before mu bound it: take new ones.
+                self.web_port, self.smtp_port = free_port(), free_port()
+                self.env["MAIL_PORT"] = str(self.smtp_port)
+                return self.start(_tries - 1)
             raise RuntimeError("mu exited: " + "".join(self.log_lines))
         return self
 

@@ -15,7 +15,7 @@ import time
 from .. import addr
 from ..auth import dkim as dkim_auth, dmarc, results, spf as spf_auth
 from ..log import log
-from ..mime import parse as parse_mime
+from ..mime import MimeLimitError, parse as parse_mime
 from . import replies as R
 from .replies import ReplyError
 
@@ -108,8 +108,13 @@ class ReceivePolicy:
             return R.DMARC_REJECTED.with_text(R.DMARC_REJECTED.text.format(domain=outcome.domain))
         data = results.remove_own_results(data, self.authserv_ids)
         try:
-            parsed = parse_mime(data)
-        except Exception:  # the email package is lenient; this is a last resort
+            parsed = parse_mime(data, max_parts=self.config.max_mime_parts, max_depth=self.config.max_mime_depth,
+                                timeout_seconds=self.config.mime_timeout_seconds)
+        except MimeLimitError as exc:
+            log("smtp", f"refused a message from {_for_log(envelope.mail_from) or '<>'} "
+                        f"(IP: {_for_log(envelope.peer_ip)}): {_for_log(str(exc))}")
+            return R.MIME_LIMIT.with_text(R.MIME_LIMIT.text.format(reason=exc))
+        except Exception:  # mime.parse never raises on broken MIME; this is a last resort
             parsed = {"subject": "", "from_name": "", "from_addr": envelope.mail_from or "", "to": [],
                       "cc": [], "message_id": "", "in_reply_to": "", "references": [],
                       "text": data.decode("utf-8", "replace"), "html": "", "attachments": []}

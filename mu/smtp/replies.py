@@ -94,3 +94,7 @@ EMPTY_MESSAGE = Reply(554, "5.6.0", "Message rejected: no headers or body")
 # Authentication of received mail: refusals a domain's own published policy asks for.
 # RFC 7489 §6.6.4 (p=reject, applied only to a real DMARC fail, never a temperror).
 DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected: the DMARC policy of {domain} says reject")
+
+# RFC 3463 §3.7: X.6.0, a media (content) error. Permanent: the same message would take
+# the same time, or break the same limit, on every retry.
+MIME_LIMIT = Reply(554, "5.6.0", "Message rejected: {reason}")

@@ -5,7 +5,7 @@ import os
 
 import bottle
 
-from . import admin, api, auth, common, pages, settings
+from . import admin, api, auth, bodies, common, pages, settings
 
 VIEWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "views")
 
@@ -37,6 +37,7 @@ def make_web_app(app):
     web = bottle.Bottle(catchall=True)
     web.config["mu.app"] = app
     common.install(web, app)
+    bodies.install(web, app)
     auth.install(web, app)
     pages.install(web, app)
     settings.install(web, app)

@@ -10,6 +10,8 @@ from bottle import request, response
 
 from ..blocklist import BlocklistError
 from ..mailbox import BATCH_ACTIONS, MailError
+from ..mime import one_line, safe_content_type
+from . import bodies
 from .common import current_user, json_error, require_admin, require_user
 from .pages import download
 
@@ -17,22 +19,7 @@ MAX_API_ATTACHMENTS = 20
 
 
 def _json_body(app) -> dict:
-    ctype = (request.content_type or "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        json_error(400, "expected Content-Type: application/json")
-    limit = app.config.max_message_bytes * 2 + 65536
-    if request.content_length > limit:
-        json_error(413, f"request body larger than {app.config.max_message_bytes} bytes")
-    raw = request.body.read(limit + 1)
-    if len(raw) > limit:
-        json_error(413, f"request body larger than {app.config.max_message_bytes} bytes")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        json_error(400, "invalid JSON")
-    if not isinstance(data, dict):
-        json_error(400, "expected a JSON object")
-    return data
+    return bodies.read_json(app)
 
 
 def _out(value, status: int = 200):
@@ -96,12 +83,18 @@ def install(web, app):
             mail_error(exc)
 
     def attachments_of(data) -> list:
+        if not isinstance(data.get("attachments") or [], list):
+            json_error(400, "attachments must be [{\"name\", \"type\", \"content\" (base64)}]")
+        if len(data.get("attachments") or []) > MAX_API_ATTACHMENTS:
+            json_error(400, f"at most {MAX_API_ATTACHMENTS} attachments")
         attachments = []
         for att in data.get("attachments") or []:
             try:
-                attachments.append((str(att["name"]), str(att.get("type") or "application/octet-stream"),
+                for key in ("name", "type"):
+                    bodies.check_json_field(app, att, key)
+                attachments.append((one_line(str(att["name"])) or "attachment", safe_content_type(str(att.get("type") or "")),
                                     base64.b64decode(att["content"], validate=True)))
-            except (KeyError, TypeError, binascii.Error):
+            except (KeyError, TypeError, AttributeError, binascii.Error):
                 json_error(400, "attachments must be [{\"name\", \"type\", \"content\" (base64)}]")
         if len(attachments) > MAX_API_ATTACHMENTS:
             json_error(400, f"at most {MAX_API_ATTACHMENTS} attachments")
@@ -143,6 +136,8 @@ def install(web, app):
             json_error(400, "'draft' must be true or false")
         if data.get("to") is not None and not isinstance(data["to"], (str, list)):
             json_error(400, "'to' must be a username or address, or a list of them")
+        for key in ("to", "reply_to", "replace", "draft_id"):
+            bodies.check_json_field(app, data, key)
         if data.get("draft"):
             if data.get("draft_id"):
                 json_error(400, "'draft_id' sends a draft; to save a newer version, give 'replace'")
@@ -304,6 +299,7 @@ def install(web, app):
     def blocklist_add():
         require_admin()
         data = _json_body(app)
+        bodies.check_json_field(app, data, "value")
         try:
             kind, value = app.blocklist.add(str(data.get("value", "")))
         except BlocklistError as exc:

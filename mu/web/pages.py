@@ -11,6 +11,8 @@ from bottle import request, response
 
 from ..folders import DEFAULT_MAILBOXES
 from ..mailbox import EMPTYABLE_FOLDERS, MailError
+from ..mime import safe_content_type
+from . import bodies
 from .common import check_csrf, render, require_user
 
 # Received HTML runs nothing and loads nothing remote (unless asked): no script at all,
@@ -24,7 +26,7 @@ def download(name: str, ctype: str, data: bytes):
     quoted = urllib.parse.quote(name or "attachment")
     ascii_name = "".join(c for c in (name or "attachment") if c.isascii() and c.isprintable() and c not in '"\\;')
     return bottle.HTTPResponse(body=data, headers={
-        "Content-Type": ctype if "/" in (ctype or "") and "\n" not in ctype else "application/octet-stream",
+        "Content-Type": safe_content_type(ctype),
         "Content-Disposition": f"attachment; filename=\"{ascii_name or 'attachment'}\"; filename*=UTF-8''{quoted}",
         "Content-Length": str(len(data)),
         "Content-Security-Policy": "default-src 'none'; sandbox",
@@ -32,13 +34,7 @@ def download(name: str, ctype: str, data: bytes):
 
 
 def read_upload_attachments(app) -> list:
-    out = []
-    for upload in request.files.getall("attachments"):
-        if not upload or not upload.raw_filename:
-            continue
-        data = upload.file.read(app.config.max_message_bytes + 1)
-        out.append((upload.raw_filename, upload.content_type or "application/octet-stream", data))
-    return out
+    return bodies.read_uploads(app)
 
 
 def folder_label(name: str) -> str:
@@ -154,7 +150,7 @@ def install(web, app):
                 source = mailbox.get(user["name"], source_id, mark_read=False)
             except MailError:
                 raise bottle.HTTPError(404, "Message not found")
-            quoted = "\n".join("> " + line for line in source["body"].splitlines())
+            quoted = "\n".join("> " + line for line in source["body"].split("\n"))   # not at U+2028
             if request.query.get("reply"):
                 reply_to = source["id"]
                 sender = source["from"]
