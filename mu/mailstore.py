@@ -53,6 +53,11 @@ class TooBig(MailStoreError):
     code = "TOOBIG"
 
 
+class TooComplex(MailStoreError):
+    """A message past the MIME limits (parts, nesting, reading time): RFC 5530 LIMIT."""
+    code = "LIMIT"
+
+
 @dataclass(frozen=True)
 class MailboxInfo:
     name: str
@@ -476,7 +481,12 @@ class MailStore:
             duplicate = self._sent_duplicate(state, user, box, raw) if box.special_use == "\\Sent" else None
         if duplicate is not None:
             return duplicate
-        new = recordmod.from_raw(raw, "draft" if box.special_use == "\\Drafts" else "imported", [user], now)
+        from .mime import MimeLimitError
+        try:
+            new = recordmod.from_raw(raw, "draft" if box.special_use == "\\Drafts" else "imported", [user], now,
+                                     limits=self.config)
+        except MimeLimitError as exc:
+            raise TooComplex(str(exc)) from None
         result = self.store_message(new, [(user, box.name, flags, date, internal_tz)])
         with self.store.reading() as state:
             box = self._box(state, user, name)

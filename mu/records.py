@@ -108,8 +108,14 @@ def from_parsed(parsed: dict, raw: bytes, kind: str, owners, created_at: float, 
     return message
 
 
-def from_raw(raw: bytes, kind: str, owners, created_at: float, extra: dict = None) -> NewMessage:
-    return from_parsed(mime.parse(raw), raw, kind, owners, created_at, extra)
+def from_raw(raw: bytes, kind: str, owners, created_at: float, extra: dict = None, limits=None) -> NewMessage:
+    """`limits`: the config whose MIME limits apply (MimeLimitError past one)."""
+    if limits is not None:
+        parsed = mime.parse(raw, max_parts=limits.max_mime_parts, max_depth=limits.max_mime_depth,
+                            timeout_seconds=limits.mime_timeout_seconds)
+    else:
+        parsed = mime.parse(raw)
+    return from_parsed(parsed, raw, kind, owners, created_at, extra)
 
 
 def blob_index(record: dict, field: str):

@@ -309,7 +309,7 @@ class Importer:
             return
         date = int(source.date) if source.date else int(time.time())
         try:
-            new = recordmod.from_raw(source.raw, "imported", [self.user], date)
+            new = recordmod.from_raw(source.raw, "imported", [self.user], date, limits=self.mailstore.config)
         except Exception as exc:   # the parser is lenient; this is a last resort
             self._fail(source, f"cannot be read: {exc}")
             return
