@@ -21,7 +21,7 @@ import pytest
 from conftest import MU, ROOT, smtp_dialog, wait_for
 from inproc import InProcess
 from mu import mime
-from mu.mailbox import snippet
+from mu.records import snippet
 from mu.smtp import replies as R
 from mu.web.bodies import json_nesting_exceeds
 
