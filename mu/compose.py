@@ -2,9 +2,12 @@
 
 Uses the stdlib `email` package with the SMTP policy: CRLF line ends, folded headers,
 RFC 2047 encoded words for non-ASCII text, quoted-printable UTF-8 bodies, so no line
-exceeds 998 octets (RFC 5322 §2.1.1).
+exceeds 998 octets (RFC 5322 §2.1.1). An address with a UTF-8 local part cannot be
+written with encoded words (RFC 2047 §5 keeps them out of an addr-spec), so such
+addresses go into To/Cc as UTF-8 (RFC 6532 §3.2), and the message needs SMTPUTF8.
 """
 
+import datetime
 import email.policy
 import email.utils
 import secrets
@@ -24,6 +27,31 @@ def new_message_id(domain: str) -> str:
     return f"<{int(time.time() * 1000):x}.{secrets.token_hex(8)}@{domain}>"
 
 
+def format_date(timestamp: float) -> str:
+    """An RFC 5322 §3.3 date in UTC, `+0000`: "-0000" would say the zone is unknown."""
+    return email.utils.format_datetime(datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc))
+
+
+def needs_smtputf8(message: bytes) -> bool:
+    """True when the header section holds UTF-8 (RFC 6532), which only an SMTPUTF8
+    transaction may carry (RFC 6531 §3.2); the body is 8BITMIME's business."""
+    end = message.find(b"\r\n\r\n")
+    return not message[:end if end >= 0 else len(message)].isascii()
+
+
+def _address_field(name: str, addresses: list) -> bytes:
+    """`To: a, b` with UTF-8 addresses as they are, folded between addresses."""
+    lines, line = [], f"{name}:"
+    for i, address in enumerate(addresses):
+        item = f" {address}" + ("," if i < len(addresses) - 1 else "")
+        if len(line) > len(name) + 1 and len((line + item).encode("utf-8")) > POLICY.max_line_length:
+            lines.append(line)
+            line = ""
+        line += item
+    lines.append(line)
+    return "\r\n".join(lines).encode("utf-8")
+
+
 def format_address(name: str, address: str) -> str:
     local, _, domain = address.rpartition("@")
     try:
@@ -38,11 +66,13 @@ def build(*, from_name: str, from_addr: str, to: list, subject: str, body: str, 
     """The message as bytes with CRLF line ends; `attachments` are (name, type, bytes)."""
     msg = EmailMessage(policy=POLICY)
     msg["From"] = format_address(from_name, from_addr)
-    msg["To"] = ", ".join(to)
-    if cc:
-        msg["Cc"] = ", ".join(cc)
+    utf8_addresses = not all(a.isascii() for a in list(to) + list(cc))
+    if not utf8_addresses:
+        msg["To"] = ", ".join(to)
+        if cc:
+            msg["Cc"] = ", ".join(cc)
     msg["Subject"] = clean_header_text(subject)
-    msg["Date"] = email.utils.formatdate(date, localtime=False)
+    msg["Date"] = format_date(date)
     msg["Message-ID"] = message_id
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
@@ -57,4 +87,9 @@ def build(*, from_name: str, from_addr: str, to: list, subject: str, body: str, 
                            filename=clean_header_text(name) or "attachment")
     del msg["MIME-Version"]
     msg["MIME-Version"] = "1.0"
-    return msg.as_bytes(policy=POLICY)
+    data = msg.as_bytes(policy=POLICY)
+    if utf8_addresses:
+        fields = [_address_field("To", list(to))] + ([_address_field("Cc", list(cc))] if cc else [])
+        at = data.index(b"\r\nSubject:") + 2   # after From, where the email package puts To
+        data = data[:at] + b"\r\n".join(fields) + b"\r\n" + data[at:]
+    return data

@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 
-from . import addr, compose
+from . import addr, compose, outbox
 from .accounts import NotFound as UserNotFound, normalize_name
 
 INLINE_BODY_CHARS = 1024
@@ -209,8 +209,7 @@ class Mailbox:
                 references=msg["references"], attachments=attachments)
             msg["raw_blob"] = len(blobs)
             blobs.append(raw)
-            msg.update(status="queued", status_detail="", charged=cost,
-                       delivery={a: {"status": "queued", "detail": ""} for a in external})
+            msg.update(outbox.message_fields(external, cost))
 
         def build(state, refs):
             user = state.users.get(sender)
@@ -221,7 +220,7 @@ class Mailbox:
                 if user["credits"] < cost:
                     raise MailError(f"not enough credits: external mail costs {cost}, "
                                     f"balance is {user['credits']}", 402)
-                records.append({"op": "user.credit", "name": sender, "delta": -cost})
+                records.append(outbox.charge_record(sender, cost))
             stored = resolve_blob_indexes(dict(msg), refs)
             boxes = {sender: {"folder": "sent", "read": True}}
             for name in local:
@@ -231,14 +230,7 @@ class Mailbox:
             records.append({"op": "msg.add", "msg": stored})
             if sender in local:  # a note to self also lands in the inbox
                 records.append({"op": "box.add", "id": msg_id, "user": sender, "folder": "inbox"})
-            by_domain = {}
-            for address in external:
-                by_domain.setdefault(address.rsplit("@", 1)[1], []).append(address)
-            for domain, rcpts in sorted(by_domain.items()):
-                records.append({"op": "queue.put", "id": new_id(), "entry": {
-                    "msg": msg_id, "sender": sender, "from_addr": stored["from_addr"],
-                    "domain": domain, "rcpts": rcpts, "attempts": 0, "created_at": now,
-                    "next_try": now, "status": "queued", "detail": ""}})
+            records += outbox.entry_records(msg_id, sender, stored["from_addr"], external, now, new_id)
             return records, stored
 
         stored = self.store.commit(build, blobs)
@@ -246,6 +238,13 @@ class Mailbox:
 
     def deliver_inbound(self, users: list, parsed: dict, raw_with_trace: bytes, extra: dict) -> str:
         """Store a received message in each user's inbox; return its id once durable."""
+        build, blobs = self.inbound_commit(users, parsed, raw_with_trace, extra)
+        return self.store.commit(build, blobs)
+
+    def inbound_commit(self, users: list, parsed: dict, raw_with_trace: bytes, extra: dict) -> tuple:
+        """(build, blobs) for `store.commit` that store a received message in each user's
+        inbox, for a caller that commits it together with records of its own (a bounce is
+        written in the same commit as the failure it reports); build's result is the id."""
         blobs = [raw_with_trace]
         msg_id = new_id()
         msg = {
@@ -275,7 +274,7 @@ class Mailbox:
             stored["boxes"] = {u: {"folder": "inbox", "read": False} for u in users}
             return [{"op": "msg.add", "msg": stored}], msg_id
 
-        return self.store.commit(build, blobs)
+        return build, blobs
 
     # ------------------------------------------------------------ reading
 
