@@ -1,7 +1,8 @@
 """Process wiring: build every component from the config and run them in one process.
 
 Threads: the web server (Waitress, main thread), the SMTP listener, the outbound queue
-scheduler and workers, and the sweeper (rate-limit state, store compaction).
+scheduler and workers, the rate-limit sweeper, and the store's chores (compaction, blob
+reclamation).
 """
 
 import collections
@@ -16,6 +17,7 @@ import time
 from . import safeio
 from .accounts import Accounts
 from .blocklist import Blocklist
+from .chores import StoreChores
 from .delivery.queue import DeliveryQueue
 from .delivery.signer import Signer
 from .dnsresolver import Resolver
@@ -130,9 +132,10 @@ def serve(config, host: str, port: int) -> int:
     smtp_thread.start()
     log("smtp", f"Starting SMTP server (receive only) on {config.smtp_host}:{app.smtp_server.port}")
     app.queue.start()
-    sweeper = Sweeper([app.connection_limiter, app.message_limiter], SWEEP_INTERVAL_SECONDS,
-                      chores=[app.store.maybe_compact, app.store.maybe_reclaim])
+    sweeper = Sweeper([app.connection_limiter, app.message_limiter], SWEEP_INTERVAL_SECONDS)
     sweeper.start()
+    chores = StoreChores(app.store)
+    chores.start()
 
     wsgi = make_web_app(app)
     try:
@@ -168,6 +171,7 @@ def serve(config, host: str, port: int) -> int:
             log("smtp", f"closing {still_open} idle sessions")
         app.queue.stop(timeout=config.outbound_timeout_seconds)
         sweeper.stopping.set()
+        chores.stop()
         web.task_dispatcher.shutdown(timeout=5)
         log("mail", "stopped")
     return 0
