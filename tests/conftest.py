@@ -166,10 +166,13 @@ class CaptureSMTP:
 
     def __init__(self):
         import asyncio
+        import logging
         import tempfile
 
         from aiosmtpd.smtp import SMTP
 
+        # A handshake that fails on purpose is not news: keep aiosmtpd's tracebacks out.
+        logging.getLogger("mail.log").setLevel(logging.CRITICAL)
         self.folder = tempfile.mkdtemp(prefix="mu-capture-")
         self.cert, self.key = self_signed_certificate(self.folder)
         self.messages = []

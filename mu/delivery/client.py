@@ -63,13 +63,21 @@ _BROKEN = (OSError, smtplib.SMTPException, EOFError)
 
 
 def path_problem(address: str) -> str:
-    """Why `address` cannot be an SMTP path (RFC 5321 §4.1.2), or "" when it can."""
-    try:
-        addr.parse(address)
-    except addr.AddressError as exc:
-        return str(exc)
-    if any(ord(c) < 32 or ord(c) == 127 or c in "<>" for c in address):
-        return f"invalid address: {address!r}"
+    """Why `address` cannot go into `RCPT TO:<...>`, or "" when it can.
+
+    Addresses are validated when mail is sent (`mu.addr`); this is the last line before the
+    wire, so that whatever reached the queue can never break the command syntax (RFC 5321
+    §4.1.2, RFC 6531 §3.3) and be retried forever: controls (C0, DEL, C1, line separators),
+    angle brackets, unquoted spaces, sizes beyond §4.5.3.1."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return f"not an address: {address!r}"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "<>\u2028\u2029" for c in address):
+        return f"control character or angle bracket in address {address!r}"
+    if (" " in local and not (local.startswith('"') and local.endswith('"'))) or " " in domain:
+        return f"space in address {address!r}"
+    if len(local.encode("utf-8")) > addr.MAX_LOCAL_OCTETS or len(domain) > addr.MAX_DOMAIN_OCTETS:
+        return f"address too long: {address!r}"
     return ""
 
 
