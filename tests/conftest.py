@@ -177,7 +177,7 @@ class CaptureSMTP:
         self.cert, self.key = self_signed_certificate(self.folder)
         self.messages = []
         self.rcpt_rules = {}     # domain -> list of replies, used in turn (the last one repeats)
-        self.data_rules = {}     # domain -> replies at the end of DATA, used in turn likewise
+        self.data_rules = {}     # domain -> replies at the end of DATA, used in turn likewise (250s store)
         self.data_delay = {}     # domain -> seconds to stall after DATA
         self.connections = 0
         self.port = free_port()
@@ -212,6 +212,7 @@ class CaptureSMTP:
                 if mx.drop_in_data:
                     server.transport.abort()
                     await asyncio.sleep(5)   # cancelled when the connection is gone
+                reply = "250 2.0.0 Accepted"
                 for d in domains:
                     rule = outer.data_rules.get(d)
                     if rule:
@@ -223,7 +224,7 @@ class CaptureSMTP:
                                        "data": envelope.original_content, "helo": session.host_name,
                                        "mail_options": list(envelope.mail_options), "mx": mx,
                                        "tls": cipher[1] if cipher else None, "cipher": cipher[0] if cipher else None})
-                return "250 2.0.0 Accepted"
+                return reply
 
         class Session(SMTP):
             def connection_made(self, transport):

@@ -5,6 +5,7 @@ import concurrent.futures
 import datetime
 import os
 import subprocess
+import threading
 import time
 
 import dkim
@@ -513,3 +514,164 @@ def too_small_rsa_key() -> bytes:
     body = b"".join(der_int(x) for x in (0, p * q, e, d, p, q, d % (p - 1), d % (q - 1), pow(q, -1, p)))
     der = b"\x30" + der_len(len(body)) + body
     return b"-----BEGIN RSA PRIVATE KEY-----\n" + base64.encodebytes(der) + b"-----END RSA PRIVATE KEY-----\n"
+
+
+# ---------------------------------------------------------------- a full disk
+
+class MuOnSmallDisk:
+    """mu with MU_HOME on a small tmpfs of its own, mounted in a private mount namespace
+    (`unshare -m`), so a test can fill that disk while the server runs; the CLI and the
+    filling run inside the same namespace (`nsenter -m`)."""
+
+    def __init__(self, home: str, env: dict, size: str = "8m"):
+        from conftest import Mu
+        self.mu = Mu(home, env)
+        self.size = size
+
+    def __getattr__(self, name):
+        return getattr(self.mu, name)
+
+    def start(self):
+        import sys
+        mu = self.mu
+        os.makedirs(mu.home, exist_ok=True)
+        script = f'mount -t tmpfs -o size={self.size},mode=0700 mu-test "$MU_HOME" && exec "$@"'
+        mu.log_lines = []
+        mu.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+             sys.executable, os.path.join(ROOT, "mu.py"), "--serve", "--address", f"127.0.0.1:{mu.web_port}"],
+            env=mu.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        threading.Thread(target=mu._pump, args=(mu.proc,), daemon=True).start()
+        wait_for(lambda: mu.proc.poll() is not None or any("web: Listening on" in l for l in mu.log_lines),
+                 timeout=20, message="mu to start")
+        if mu.proc.poll() is not None:
+            raise RuntimeError("mu exited: " + mu.log())
+        return self
+
+    def inside(self, *command, check=True, input=None):
+        return subprocess.run(["nsenter", "-t", str(self.mu.proc.pid), "-m", "--", *command], env=self.mu.env,
+                              input=input, capture_output=True, text=True, cwd=ROOT, timeout=60, check=check)
+
+    def cli(self, *args, input: str = None, check: bool = True):
+        import sys
+        return self.inside(sys.executable, os.path.join(ROOT, "mu.py"), *args, input=input, check=check)
+
+    def add_user(self, credits=0):
+        from conftest import unique
+        name = unique()
+        self.cli("users", "add", name, "--credits", str(credits), input="password1\n")
+        return name
+
+    def token(self, name):
+        return self.cli("users", "token", name).stdout.strip()
+
+    def fill_disk(self, leave_bytes: int = 0):
+        """Fill MU_HOME's disk, leaving about `leave_bytes` free (whole pages)."""
+        self.inside("sh", "-c", f'head -c {leave_bytes} /dev/zero > "$MU_HOME/.spare"; '
+                                'cat /dev/zero > "$MU_HOME/.filler" 2>/dev/null; rm "$MU_HOME/.spare"')
+
+    def free_disk(self):
+        self.inside("rm", "-f", os.path.join(self.mu.home, ".filler"))
+
+
+@pytest.fixture
+def small_disk_mu(tmp_path, mu_env):
+    import shutil
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs root and util-linux unshare/nsenter for a private tmpfs")
+    started = []
+
+    def make(**env):
+        server = MuOnSmallDisk(str(tmp_path / f"home{len(started)}"), dict(mu_env, **env)).start()
+        started.append(server)
+        return server
+    yield make
+    for server in started:
+        server.stop()
+
+
+def test_disk_full_after_the_remote_accepted_never_sends_again(small_disk_mu, dns, capture):
+    mx = capture.dedicated("diskfull.example", dns)
+    mx.hold_data = threading.Event()
+    # A long reply for each of 20 recipients: the outcome's record is larger than the free
+    # end of the journal's last page, so it needs disk the filled tmpfs does not have.
+    accepted = "250 2.0.0 Accepted " + "as queue id 0123456789abcdef; " * 14
+    capture.data_rules["diskfull.example"] = [accepted.strip()]
+    mu = small_disk_mu(MAIL_OUTBOUND_TIMEOUT="30")
+    name, token = sender(mu)
+    msg = mu.send(token, ", ".join(f"lee{i:02d}@diskfull.example" for i in range(20)))
+    wait_for(mx.data_waiting.is_set, message="mu in DATA")
+    mu.fill_disk()
+    mx.hold_data.set()                          # the remote says 250; mu cannot write that down
+    wait_for(lambda: "could not record the outcome of delivery" in mu.log() or len(mx.messages()) > 1,
+             message="the held outcome")
+    started = time.monotonic()
+    watch_window(started, 7.0)                  # past a rewrite attempt (every 5 s), disk still full
+    assert len(mx.messages()) == 1 and mx.connections() == 1
+    mu.free_disk()
+    done = wait_status(mu, token, msg["id"], {"sent"}, timeout=30)
+    assert done["status_detail"] == accepted.strip()
+    assert "recorded the outcome of delivery" in mu.log()
+    assert len(mx.messages()) == 1 and mx.connections() == 1
+    assert mu.http("GET", "/healthz").json()["queue_depth"] == 0
+
+
+def test_bounce_is_written_in_the_same_commit_as_the_failure(small_disk_mu, dns, capture):
+    """Room on the disk for the failure alone, not for failure and bounce: the failure must
+    not be recorded without its bounce (once there is room, both are)."""
+    mx = capture.dedicated("bigbounce.example", dns)
+    mx.hold_data = threading.Event()
+    capture.data_rules["bigbounce.example"] = ["554 5.7.1 " + "refused by local policy; " * 16]
+    mu = small_disk_mu(MAIL_OUTBOUND_TIMEOUT="30")
+    name, token = sender(mu)
+    rcpts = [f"rcpt{i:02d}@bigbounce.example" for i in range(50)]
+    msg = mu.send(token, ", ".join(rcpts), subject="s" * 900)
+    wait_for(mx.data_waiting.is_set, message="mu in DATA")
+    mu.fill_disk(leave_bytes=64 * 1024)
+    mx.hold_data.set()
+    wait_for(lambda: "could not record the outcome" in mu.log() or "could not store bounce" in mu.log(),
+             message="a write that did not fit")
+    mu.free_disk()
+    failed = wait_status(mu, token, msg["id"], {"failed"}, timeout=30)
+    assert failed["status_detail"].startswith("554 5.7.1 refused by local policy")
+    bounces = wait_for(lambda: [m for m in mu.inbox(token)["messages"] if m["kind"] == "bounce"], timeout=15,
+                       message="the bounce")
+    assert len(bounces) == 1 and credits(mu, token) == 20
+    raw = mu.http("GET", f"/api/mail/{bounces[0]['id']}/raw", token).text
+    assert raw.count("Action: failed") == 50
+
+
+# ---------------------------------------------------------------- the records and the chores
+
+def test_refund_only_when_every_external_recipient_failed():
+    from mu.outbox import refund_records
+    msg = {"charged": 4}
+    failed, sent, deferred = ({"status": s, "detail": ""} for s in ("failed", "sent", "deferred"))
+    assert refund_records(msg, {"a@x": failed, "b@y": failed}, "al") == [
+        {"op": "user.credit", "name": "al", "delta": 4}]
+    assert refund_records(msg, {"a@x": failed, "b@y": sent}, "al") == []       # someone got it
+    assert refund_records(msg, {"a@x": failed, "b@y": deferred}, "al") == []   # not over yet
+    assert refund_records(dict(msg, refunded=True), {"a@x": failed}, "al") == []
+    assert refund_records({"charged": 0}, {"a@x": failed}, "al") == []
+
+
+def test_store_chores_compact_on_a_thread_of_their_own(tmp_path):
+    import threading as threads
+    from mu import store as store_mod
+    from mu.chores import StoreChores
+    from mu.store import Store
+    store = Store(str(tmp_path / "home"))
+    filler = "x" * (1 << 20)
+    store.commit(lambda state, refs: ([{"op": "user.put", "name": f"u{i}", "fields": {"note": filler}}
+                                       for i in range(34)], None))
+    assert store.journal_bytes() > store_mod.COMPACT_MIN_JOURNAL_BYTES
+    chores = StoreChores(store, interval_seconds=0.05)
+    chores.start()
+    try:
+        wait_for(lambda: store.journal_bytes() == 0, message="compaction")
+        assert chores.name == "store-chores" and chores in threads.enumerate()
+    finally:
+        chores.stop()
+    assert not chores.is_alive()
+    with Store(str(tmp_path / "home")).reading() as state:
+        assert len(state.users) == 34

@@ -296,6 +296,7 @@ class DeliveryQueue:
         """Commit attempt `number` of entry `qid`; hold it in memory if the store cannot
         take it now. True once written."""
         now = now or time.time()
+        default = default or Outcome(False, False, "no reply for this recipient")
         try:
             report = self._commit_outcome(qid, number, results, default, now)
         except Exception as exc:
