@@ -34,7 +34,7 @@ from .signer import SigningError
 
 MAX_MESSAGES_PER_CONNECTION = 100
 SCAN_INTERVAL_SECONDS = 1.0
-HELD_RETRY_SECONDS = 5.0
+HELD_RETRY_SECONDS = 2.0
 DNS_FAILURE = "4.4.3"     # RFC 3463: directory server failure
 NO_ROUTE = "4.4.1"        # RFC 3463: no answer from host
 
