@@ -460,42 +460,75 @@ def email_date(text: str) -> datetime.datetime:
     return email.utils.parsedate_to_datetime(text)
 
 
-def test_queue_entry_written_by_earlier_mu_still_delivers(tmp_path, mu_env, dns, capture):
-    """A store written before the outbox module (the same JSON) loads and delivers."""
-    from conftest import Mu
+def queued_as_earlier_mu_wrote_it(home: str, user: str, credits: int, rcpts: list, seq: int) -> str:
+    """Write straight into a store what mu.send wrote before the outbox module existed (the
+    JSON on disk is unchanged): `user` charged 4 credits for a message queued to `rcpts`."""
     from mu.store import Store
-    mx = capture.dedicated("oldformat.example", dns)
-    home = str(tmp_path / "home")
     store = Store(home)
-    raw = (b"From: old <old@mu.test>\r\nTo: ola@oldformat.example\r\nSubject: from before\r\n"
-           b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <old.1@mu.test>\r\n\r\nhello\r\n")
-    now = time.time()
+    msg_id, now = f"{seq:016x}beef", time.time()
+    raw = (f"From: {user} <{user}@mu.test>\r\nTo: {', '.join(rcpts)}\r\nSubject: from before\r\n"
+           f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{seq}@mu.test>\r\n\r\nhello\r\n").encode()
 
     def build(state, refs):
-        return [
-            {"op": "user.put", "name": "old", "fields": {"credits": 6, "role": "user", "pw": "", "created_at": now}},
-            {"op": "user.credit", "name": "old", "delta": -4},
+        records = []
+        if user not in state.users:
+            records.append({"op": "user.put", "name": user,
+                            "fields": {"credits": credits, "role": "user", "pw": "", "created_at": now}})
+        return records + [
+            {"op": "user.credit", "name": user, "delta": -4},
             {"op": "msg.add", "msg": {
-                "id": "0000000000000001beef", "kind": "outbound", "from": "old", "from_addr": "old@mu.test",
-                "from_name": "old", "to": ["ola@oldformat.example"], "subject": "from before",
-                "created_at": now, "message_id": "<old.1@mu.test>", "thread_id": "0000000000000001beef",
+                "id": msg_id, "kind": "outbound", "from": user, "from_addr": f"{user}@mu.test",
+                "from_name": user, "to": rcpts, "subject": "from before",
+                "created_at": now, "message_id": f"<{seq}@mu.test>", "thread_id": msg_id,
                 "in_reply_to": "", "references": [], "attachments": [], "snippet": "hello", "body": "hello",
                 "raw_blob": refs[0], "status": "queued", "status_detail": "", "charged": 4,
-                "delivery": {"ola@oldformat.example": {"status": "queued", "detail": ""}},
-                "boxes": {"old": {"folder": "sent", "read": True}}}},
-            {"op": "queue.put", "id": "0000000000000002beef", "entry": {
-                "msg": "0000000000000001beef", "sender": "old", "from_addr": "old@mu.test",
-                "domain": "oldformat.example", "rcpts": ["ola@oldformat.example"], "attempts": 0,
+                "delivery": {r: {"status": "queued", "detail": ""} for r in rcpts},
+                "boxes": {user: {"folder": "sent", "read": True}}}},
+            {"op": "queue.put", "id": f"{seq:016x}cafe", "entry": {
+                "msg": msg_id, "sender": user, "from_addr": f"{user}@mu.test",
+                "domain": rcpts[0].rpartition("@")[2], "rcpts": rcpts, "attempts": 0,
                 "created_at": now, "next_try": now, "status": "queued", "detail": ""}},
-        ], None
-    store.commit(build, [raw])
-    del store
+        ], msg_id
+    return store.commit(build, [raw])
+
+
+def test_queue_entry_written_by_earlier_mu_still_delivers(tmp_path, mu_env, dns, capture):
+    from conftest import Mu
+    mx = capture.dedicated("oldformat.example", dns)
+    home = str(tmp_path / "home")
+    msg_id = queued_as_earlier_mu_wrote_it(home, "old", 6, ["ola@oldformat.example"], 1)
     server = Mu(home, mu_env).start()
     try:
         token = server.token("old")
-        wait_status(server, token, "0000000000000001beef", {"sent"})
-        assert mx.messages()[0]["data"].endswith(raw)
-        assert server.http("GET", "/healthz").json()["queue_depth"] == 0
+        wait_status(server, token, msg_id, {"sent"})
+        assert mx.messages()[0]["data"].endswith(b"\r\n\r\nhello\r\n")
+        assert server.http("GET", "/healthz").json()["queue_depth"] == 0 and credits(server, token) == 2
+    finally:
+        server.stop()
+
+
+def test_malformed_address_at_evil_test_fails_once_and_never_loops(tmp_path, mu_env, dns, capture):
+    """An address no SMTP command can carry (a C1 control in it), queued by a mu that let it
+    through, fails at once (5.1.3) with a refund: no connection storm, none after a restart,
+    and the domain's other mail still goes out."""
+    from conftest import Mu
+    mx = capture.dedicated("evil.test", dns)
+    home = str(tmp_path / "home")
+    bad = queued_as_earlier_mu_wrote_it(home, "eve", 4, ["a\u0080b@evil.test"], 1)
+    good = queued_as_earlier_mu_wrote_it(home, "eve", 4, ["fine@evil.test"], 2)
+    started = time.monotonic()
+    server = Mu(home, mu_env).start()
+    try:
+        token = server.token("eve")
+        failed = wait_status(server, token, bad, {"failed"})
+        assert failed["status_detail"].startswith("5.1.3 control character")
+        wait_status(server, token, good, {"sent"})
+        assert credits(server, token) == 4 - 8 + 4           # the failed one refunded
+        watch_window(started)
+        assert mx.connections() == 1 and [m["rcpts"] for m in mx.messages()] == [["fine@evil.test"]]
+        server.restart()
+        watch_window(time.monotonic())
+        assert mx.connections() == 1 and server.http("GET", "/healthz").json()["queue_depth"] == 0
     finally:
         server.stop()
 
