@@ -1,7 +1,9 @@
 """Delivery Status Notifications (RFC 3464): the bounce a sender gets when mail fails.
 
 Assembled by hand because the stdlib generator cannot flatten a message/delivery-status
-part built from text; the parts are ASCII (the human-readable part is quoted-printable).
+part built from text; the parts are ASCII (the human-readable part is quoted-printable, a
+UTF-8 address is written as RFC 6533 `utf-8` xtext), except the original headers when
+they hold UTF-8, sent as message/global-headers (RFC 6533 §6.3).
 """
 
 import quopri

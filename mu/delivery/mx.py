@@ -30,7 +30,7 @@ def route(domain: str, resolver) -> list:
         return [domain]
     if any(host in (".", "") for _, host in records):
         # RFC 7505: "0 ." says the domain accepts no mail.
-        raise PermanentRouteError(f"domain {domain} accepts no mail (null MX)", "5.1.10")   # RFC 7505 §4.2
+        raise PermanentRouteError(f"domain {domain} accepts no mail (null MX)", "5.1.10")   # X.1.10, registered by RFC 7505
     by_pref = {}
     for pref, host in records:
         by_pref.setdefault(pref, []).append(host)
