@@ -29,8 +29,8 @@ def route(domain: str, resolver) -> list:
             raise PermanentRouteError(f"domain {domain} has no MX and no address record")
         return [domain]
     if any(host in (".", "") for _, host in records):
-        # RFC 7505: "0 ." says the domain accepts no mail.
-        raise PermanentRouteError(f"domain {domain} accepts no mail (null MX)", "5.1.10")   # X.1.10, registered by RFC 7505
+        # RFC 7505: "0 ." says the domain accepts no mail (X.1.10, registered by that RFC).
+        raise PermanentRouteError(f"domain {domain} accepts no mail (null MX)", "5.1.10")
     by_pref = {}
     for pref, host in records:
         by_pref.setdefault(pref, []).append(host)
