@@ -118,9 +118,6 @@ class DeliveryQueue:
         """Look at the queue now (a message was queued, or an admin asked for a retry)."""
         self._wake.set()
 
-    def held_outcomes(self) -> int:
-        return len(self._held)
-
     def retry_now(self) -> int:
         """Make every deferred entry due now; return how many."""
         def build(state, _refs):
@@ -369,10 +366,15 @@ class DeliveryQueue:
         entry = report.entry
         for rcpt, (verdict, outcome) in report.verdicts.items():
             via = f" via {outcome.remote}, {outcome.tls}" if outcome.remote else ""
-            log("mail", f"delivery {verdict}: {entry['from_addr']} -> {rcpt}{via}: {outcome.detail}")
+            log("mail", _printable(f"delivery {verdict}: {entry['from_addr']} -> {rcpt}{via}: {outcome.detail}"))
             if self.events:
                 self.events("outbound", {"id": entry["msg"], "rcpt": rcpt, "status": verdict,
                                          "detail": outcome.detail, "tls": outcome.tls})
         if report.refunded:
             log("mail", f"refunded {report.msg.get('charged', 0)} credits to {entry['sender']}: "
                         "no recipient could be reached")
+
+
+def _printable(text: str) -> str:
+    """A log line with no character that could end or forge one (controls, NEL, U+2028)."""
+    return "".join(c if c.isprintable() else f"\\x{{{ord(c):x}}}" for c in text)
