@@ -524,6 +524,8 @@ def test_malformed_address_at_evil_test_fails_once_and_never_loops(tmp_path, mu_
         assert failed["status_detail"].startswith("5.1.3 control character")
         wait_status(server, token, good, {"sent"})
         assert credits(server, token) == 4 - 8 + 4           # the failed one refunded
+        assert "delivery failed: eve@mu.test -> a\\x{80}b@evil.test" in server.log()   # escaped in the log
+        assert "\u0080" not in server.log()
         watch_window(started)
         assert mx.connections() == 1 and [m["rcpts"] for m in mx.messages()] == [["fine@evil.test"]]
         server.restart()
