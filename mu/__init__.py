@@ -3,7 +3,9 @@
 Layers, bottom to top (each imports only from the layers below it):
 
     config, safeio, addr, log          settings, durable file writes, address syntax, logging
-    state, store                       tables and indexes; snapshot + journal + blob packs
+    state, store, chores               tables and indexes; snapshot + journal + blob packs;
+                                       the thread that compacts and reclaims them
+    outbox                             outbound records: queue entries, delivery fields, refunds
     accounts, mailbox, blocklist,      users and credits, messages, the blocklist,
     ratelimit, dnsresolver,            rate limits, DNS, message writing and reading
     compose, mime

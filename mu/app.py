@@ -1,7 +1,8 @@
 """Process wiring: build every component from the config and run them in one process.
 
 Threads: the web server (Waitress, main thread), the SMTP listener, the outbound queue
-scheduler and workers, and the sweeper (rate-limit state, store compaction).
+scheduler and workers, the rate-limit sweeper, and the store's chores (compaction, blob
+reclamation).
 """
 
 import collections
@@ -16,6 +17,7 @@ import time
 from . import runas, safeio, tls
 from .accounts import Accounts
 from .blocklist import Blocklist
+from .chores import StoreChores
 from .delivery.queue import DeliveryQueue
 from .delivery.signer import Signer
 from .dnsresolver import Resolver
@@ -70,10 +72,6 @@ class App:
         self.tls = None          # tls.ReloadingContext when MAIL_TLS_CERT/KEY are set
         self.setup_code = None   # while no admin exists: the one-time code of the admin sign-up link
         self.started_at = time.time()
-
-
-def _delivery_finished(fields: dict) -> bool:
-    return fields.get("status") in ("sent", "failed") and not fields.get("next_try")
 
 
 def _claim_home(home: str):
@@ -172,10 +170,10 @@ def serve(config, host: str, port: int) -> int:
     app.queue.start()
     from .search import _index
     _index(app.mailstore).start()
-    sweeper = Sweeper([app.connection_limiter, app.message_limiter], SWEEP_INTERVAL_SECONDS,
-                      chores=[app.store.maybe_compact, app.store.maybe_reclaim,
-                              lambda: app.store.fold_overlays(_delivery_finished)])
+    sweeper = Sweeper([app.connection_limiter, app.message_limiter], SWEEP_INTERVAL_SECONDS)
     sweeper.start()
+    chores = StoreChores(app.store)
+    chores.start()
 
     wsgi = make_web_app(app)
     try:
@@ -221,6 +219,7 @@ def serve(config, host: str, port: int) -> int:
             log("smtp", f"closing {still_open} idle sessions")
         app.queue.stop(timeout=config.outbound_timeout_seconds)
         sweeper.stopping.set()
+        chores.stop()
         web.task_dispatcher.shutdown(timeout=5)
         log("mail", "stopped")
     return 0

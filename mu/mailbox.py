@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 
-from . import addr, compose, records as recordmod
+from . import addr, compose, outbox, records as recordmod
 from .accounts import NotFound as UserNotFound, normalize_name
 from .folders import DEFAULT_MAILBOXES, DELIMITER, DRAFT, FLAGGED, SEEN, positions_of
 from .mailstore import MailboxExists, MailStore, MailStoreError, NoSuchMailbox, valid_mailbox_name
@@ -212,8 +212,7 @@ class Mailbox:
         new.describe_for_imap()
         cost = self.config.credit_cost_email if external else 0
         if external:
-            record.update(status="queued", status_detail="", charged=cost,
-                          delivery={a: {"status": "queued", "detail": ""} for a in external})
+            record.update(outbox.message_fields(external, cost))
         entries = [(sender, "Sent", ["\\Seen"], now, 0)]
         for name in local:   # a note to self also lands in the inbox
             entries.append((name, "INBOX", [], now, 0))
@@ -230,15 +229,8 @@ class Mailbox:
         def extra(state, n, msg_id):
             records = []
             if cost:
-                records.append({"op": "user.credit", "name": sender, "delta": -cost})
-            by_domain = {}
-            for address in external:
-                by_domain.setdefault(address.rsplit("@", 1)[1], []).append(address)
-            for domain, rcpts in sorted(by_domain.items()):
-                records.append({"op": "queue.put", "id": new_id(), "entry": {
-                    "msg": msg_id, "sender": sender, "from_addr": from_addr, "domain": domain,
-                    "rcpts": rcpts, "attempts": 0, "created_at": now, "next_try": now,
-                    "status": "queued", "detail": ""}})
+                records.append(outbox.charge_record(sender, cost))
+            records += outbox.entry_records(msg_id, sender, from_addr, external, now, new_id)
             for box_name, uid in draft or ():
                 box = state.mailbox(sender, box_name)
                 if box is not None and box.index_of(uid) is not None:
@@ -322,6 +314,14 @@ class Mailbox:
                         folder: str = "INBOX") -> str:
         """Store a received message in each user's inbox (or `folder`); return its id once
         durable. A DMARC quarantine verdict puts it in Junk."""
+        build, blobs, metas = self.inbound_commit(users, parsed, raw_with_trace, extra, folder)
+        return self.store.commit(build, blobs, metas)
+
+    def inbound_commit(self, users: list, parsed: dict, raw_with_trace: bytes, extra: dict,
+                       folder: str = "INBOX") -> tuple:
+        """(build, blobs, metas) for `store.commit` that store a received message, for a caller
+        that commits it together with records of its own (a bounce is written in the same
+        commit as the failure it reports); the build's result is the message's id."""
         extra = dict(extra)
         kind = extra.pop("kind", "inbound")
         if (extra.get("auth") or {}).get("dmarc_disposition") == "quarantine":
@@ -329,8 +329,15 @@ class Mailbox:
         now = time.time()
         new = recordmod.from_parsed(parsed, raw_with_trace, kind, users, now, extra)
         thread = self._thread_for(users, [parsed["in_reply_to"]] + list(reversed(parsed["references"])))
-        result = self.store_message(new, [(u, folder, [], now, 0) for u in users], thread=thread)
-        return result["id"]
+        build, blobs, metas = self.mailstore.message_commit(
+            [(new, [(u, folder, [], now, 0) for u in users])],
+            thread_of=(lambda state, n: thread) if thread is not None else None)
+
+        def build_one(state, written):
+            records, results = build(state, written)
+            return records, results[0]["id"]
+
+        return build_one, blobs, metas
 
     def _thread_for(self, users, message_ids):
         """The thread of the first of these Message-IDs that one of `users` has, or None."""

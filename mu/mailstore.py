@@ -439,6 +439,13 @@ class MailStore:
 
     def store_messages(self, items, *, thread_of=None, extra_records=None, before=None) -> list:
         """Store several messages [(NewMessage, entries)] in one commit (one fsync: imports)."""
+        return self.store.commit(*self.message_commit(items, thread_of=thread_of, extra_records=extra_records,
+                                                      before=before))
+
+    def message_commit(self, items, *, thread_of=None, extra_records=None, before=None) -> tuple:
+        """(build, blobs, metas) for `store.commit` storing these messages, for a caller that
+        commits them together with records of its own (a bounce and the failure it reports).
+        The build's result is [{"n", "id", "uids"}], one per message."""
         metas = [new.meta_bytes() for new, _ in items]
         hashes = [(message_id_hash(new.message_id), content_hash(new.raw)) for new, _ in items]
         blobs = [b for new, _ in items for b in new.blobs]
@@ -467,7 +474,7 @@ class MailStore:
                 results.append({"n": n, "id": msg_id, "uids": uids})
             return records, results
 
-        return self.store.commit(build, blobs, metas)
+        return build, blobs, metas
 
     def append(self, user: str, name: str, raw: bytes, flags=(), internal_date: int = None,
                internal_tz: int = 0) -> tuple:

@@ -109,21 +109,85 @@ class FakeDNS:
 
 # ---------------------------------------------------------------- capture SMTP
 
+def self_signed_certificate(folder: str, name: str = "mx.capture.test") -> tuple:
+    """(cert path, key path): a throwaway self-signed certificate made with openssl."""
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True)
+    return cert, key
+
+
+class MXHost:
+    """One listening address of the capture MX, with the faults it injects and a record of
+    every TCP connection it accepted (monotonic times), so a test can count connections
+    per minute. Attributes may be changed while a test runs."""
+
+    def __init__(self, capture, address: str, domain: str = None):
+        self.capture, self.address, self.domain = capture, address, domain
+        self.starttls = "offer"      # "offer", "off" (not advertised) or "fail" (handshake fails)
+        self.smtputf8 = True         # advertise SMTPUTF8
+        self.drop_in_data = False    # close the connection after the message data, before replying
+        self.hold_data = None        # a threading.Event: the reply to DATA waits until it is set
+        self.data_waiting = threading.Event()   # set while a DATA reply is held
+        self.connection_times = []
+        self.sni = []                # server names clients sent in their TLS hello
+        self._contexts = {}
+
+    def tls_context(self):
+        import ssl
+        if self.starttls == "off":
+            return None
+        if self.starttls not in self._contexts:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            if self.starttls == "offer":
+                ctx.load_cert_chain(self.capture.cert, self.capture.key)
+            # "fail": no certificate, so every handshake ends in a handshake_failure alert.
+
+            def note_server_name(_ssl_object, name, _ctx):
+                self.sni.append(name)
+            ctx.sni_callback = note_server_name
+            self._contexts[self.starttls] = ctx
+        return self._contexts[self.starttls]
+
+    def connections(self, since: float = 0.0, until: float = None) -> int:
+        """TCP connections accepted in [since, until) (time.monotonic() values)."""
+        until = float("inf") if until is None else until
+        return sum(1 for t in self.connection_times if since <= t < until)
+
+    def messages(self) -> list:
+        return [m for m in self.capture.messages if m["mx"] is self]
+
+
 class CaptureSMTP:
-    """The remote MX every outbound test delivers to. Rules script replies per domain."""
+    """The remote MX every outbound test delivers to: aiosmtpd on loopback offering STARTTLS
+    with a self-signed certificate (made at start with openssl) and SMTPUTF8, as real MX
+    hosts do. Rules script replies per domain; `dedicated(domain, dns)` gives a domain an MX
+    of its own on another loopback address (same port) whose connections are counted
+    apart and whose faults hit that domain alone."""
 
     def __init__(self):
-        from aiosmtpd.controller import Controller
+        import asyncio
+        import logging
+        import tempfile
 
+        from aiosmtpd.smtp import SMTP
+
+        # A handshake that fails on purpose is not news: keep aiosmtpd's tracebacks out.
+        logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+        self.folder = tempfile.mkdtemp(prefix="mu-capture-")
+        self.cert, self.key = self_signed_certificate(self.folder)
         self.messages = []
         self.rcpt_rules = {}     # domain -> list of replies, used in turn (the last one repeats)
+        self.data_rules = {}     # domain -> replies at the end of DATA, used in turn likewise (250s store)
         self.data_delay = {}     # domain -> seconds to stall after DATA
         self.connections = 0
+        self.port = free_port()
+        self.hosts = {}          # listening address -> MXHost
         outer = self
 
         class Handler:
             async def handle_EHLO(self, server, session, envelope, hostname, responses):
-                outer.connections += 1
                 session.host_name = hostname
                 return responses
 
@@ -138,24 +202,86 @@ class CaptureSMTP:
                 return "250 2.1.5 OK"
 
             async def handle_DATA(self, server, session, envelope):
-                import asyncio
+                mx = server.mx
                 domains = {r.rpartition("@")[2].lower() for r in envelope.rcpt_tos}
                 for d in domains:
                     if d in outer.data_delay:
                         await asyncio.sleep(outer.data_delay[d])
+                if mx.hold_data is not None:
+                    mx.data_waiting.set()
+                    await asyncio.get_running_loop().run_in_executor(None, mx.hold_data.wait, 60)
+                    mx.data_waiting.clear()
+                if mx.drop_in_data:
+                    server.transport.abort()
+                    await asyncio.sleep(5)   # cancelled when the connection is gone
+                reply = "250 2.0.0 Accepted"
+                for d in domains:
+                    rule = outer.data_rules.get(d)
+                    if rule:
+                        reply = rule.pop(0) if len(rule) > 1 else rule[0]
+                        if not reply.startswith("250"):
+                            return reply
+                cipher = session.ssl.get("cipher") if session.ssl else None
                 outer.messages.append({"from": envelope.mail_from, "rcpts": list(envelope.rcpt_tos),
-                                       "data": envelope.original_content, "helo": session.host_name})
-                return "250 2.0.0 Accepted"
+                                       "data": envelope.original_content, "helo": session.host_name,
+                                       "mail_options": list(envelope.mail_options), "mx": mx,
+                                       "tls": cipher[1] if cipher else None, "cipher": cipher[0] if cipher else None})
+                return reply
 
-        self.port = free_port()
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, data_size_limit=50_000_000)
-        self.controller.start()
+        class Session(SMTP):
+            def connection_made(self, transport):
+                if self._original_transport is None:   # a new connection, not TLS after STARTTLS
+                    local = transport.get_extra_info("sockname")[0]
+                    self.mx = outer.hosts.get(local, outer.default)
+                    self.mx.connection_times.append(time.monotonic())
+                    outer.connections += 1
+                    self.tls_context = self.mx.tls_context()
+                    self.enable_SMTPUTF8 = self.mx.smtputf8
+                super().connection_made(transport)
+
+        self._session_class, self._handler = Session, Handler()
+        self.loop = asyncio.new_event_loop()
+        self._servers = []
+        threading.Thread(target=self.loop.run_forever, name="capture-smtp", daemon=True).start()
+        self.default = self._listen("127.0.0.1")
+
+    def _listen(self, address: str, domain: str = None) -> MXHost:
+        import asyncio
+        host = MXHost(self, address, domain)
+
+        def factory():
+            return self._session_class(self._handler, hostname="mx.capture.test", data_size_limit=50_000_000,
+                                       enable_SMTPUTF8=True, loop=self.loop)
+        server = asyncio.run_coroutine_threadsafe(
+            self.loop.create_server(factory, host=address, port=self.port), self.loop).result(10)
+        self._servers.append(server)
+        self.hosts[address] = host
+        return host
+
+    def dedicated(self, domain: str, dns) -> MXHost:
+        """An MX of `domain`'s own (mx.DOMAIN on 127.0.77.N, the capture's port), in DNS."""
+        for n in range(len(self.hosts) + 1, 255):
+            address = f"127.0.77.{n}"
+            if address in self.hosts:
+                continue
+            try:
+                host = self._listen(address, domain)
+            except OSError:
+                continue   # that address and port are someone else's
+            dns.add(domain, "MX", (10, "mx." + domain))
+            dns.add("mx." + domain, "A", address)
+            return host
+        raise RuntimeError("no loopback address left for a dedicated MX")
 
     def for_rcpt(self, address: str) -> list:
         return [m for m in self.messages if address in m["rcpts"]]
 
     def stop(self):
-        self.controller.stop()
+        import shutil
+        for server in self._servers:
+            self.loop.call_soon_threadsafe(server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- mu itself

@@ -6,7 +6,12 @@ from ..dnsresolver import DNSTempError, NXDomain
 
 
 class PermanentRouteError(Exception):
-    """The domain cannot receive mail (no such domain, null MX, no address)."""
+    """The domain cannot receive mail (no such domain, null MX, no address); `status` is
+    the RFC 3463 code a bounce gives for it."""
+
+    def __init__(self, message: str, status: str = "5.1.2"):   # bad destination system address
+        super().__init__(message)
+        self.status = status
 
 
 def route(domain: str, resolver) -> list:
@@ -24,8 +29,8 @@ def route(domain: str, resolver) -> list:
             raise PermanentRouteError(f"domain {domain} has no MX and no address record")
         return [domain]
     if any(host in (".", "") for _, host in records):
-        # RFC 7505: "0 ." says the domain accepts no mail.
-        raise PermanentRouteError(f"domain {domain} accepts no mail (null MX)")
+        # RFC 7505: "0 ." says the domain accepts no mail (X.1.10, registered by that RFC).
+        raise PermanentRouteError(f"domain {domain} accepts no mail (null MX)", "5.1.10")
     by_pref = {}
     for pref, host in records:
         by_pref.setdefault(pref, []).append(host)

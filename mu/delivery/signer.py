@@ -46,12 +46,18 @@ class Signer:
             log("mail", self.status_text())
 
     def sign(self, message: bytes) -> bytes:
-        """`message` with a DKIM-Signature on top, or unchanged when signing is off or fails."""
+        """`message` with a DKIM-Signature on top, or unchanged when signing is off.
+
+        Raises SigningError when signing is on and fails: the queue defers the message
+        rather than send it unsigned, which DMARC would hold against the domain."""
         key = self._load()
         if key is None:
             return message
         try:
             return dkim_auth.sign(message, self.selector, self.domain, key) + message
         except Exception as exc:
-            log("dkim", f"signing failed, sending unsigned: {exc}")
-            return message
+            raise SigningError(f"DKIM signing failed: {exc.__class__.__name__}: {exc}") from None
+
+
+class SigningError(Exception):
+    """The DKIM key is there but signing with it failed."""
