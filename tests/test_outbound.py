@@ -461,35 +461,52 @@ def email_date(text: str) -> datetime.datetime:
 
 
 def queued_as_earlier_mu_wrote_it(home: str, user: str, credits: int, rcpts: list, seq: int) -> str:
-    """Write straight into a store what mu.send wrote before the outbox module existed (the
-    JSON on disk is unchanged): `user` charged 4 credits for a message queued to `rcpts`."""
-    from mu.store import Store
-    store = Store(home)
+    """Write the files of a store in format 1 (as a mu before the mailbox model wrote them,
+    see tests/data/store-v1), holding `user` charged 4 credits for a message queued to `rcpts`;
+    the server upgrades it when it starts. Called again, it adds to the same store."""
+    import base64
+    import json
+    os.makedirs(os.path.join(home, "blobs"), mode=0o700, exist_ok=True)
+    snapshot, journal = os.path.join(home, "mail.json"), os.path.join(home, "mail.journal")
+    if not os.path.exists(snapshot):
+        with open(snapshot, "w") as f:
+            json.dump({"format": "mu-store-1", "seq": 0, "state": {
+                "users": {}, "tokens": {}, "sessions": {}, "messages": {}, "queue": {}}}, f)
+    with open(journal, "a+") as f:
+        f.seek(0)
+        last = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+    next_seq = (last[-1]["seq"] if last else 0) + 1
     msg_id, now = f"{seq:016x}beef", time.time()
     raw = (f"From: {user} <{user}@mu.test>\r\nTo: {', '.join(rcpts)}\r\nSubject: from before\r\n"
            f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{seq}@mu.test>\r\n\r\nhello\r\n").encode()
-
-    def build(state, refs):
-        records = []
-        if user not in state.users:
-            records.append({"op": "user.put", "name": user,
-                            "fields": {"credits": credits, "role": "user", "pw": "", "created_at": now}})
-        return records + [
-            {"op": "user.credit", "name": user, "delta": -4},
-            {"op": "msg.add", "msg": {
-                "id": msg_id, "kind": "outbound", "from": user, "from_addr": f"{user}@mu.test",
-                "from_name": user, "to": rcpts, "subject": "from before",
-                "created_at": now, "message_id": f"<{seq}@mu.test>", "thread_id": msg_id,
-                "in_reply_to": "", "references": [], "attachments": [], "snippet": "hello", "body": "hello",
-                "raw_blob": refs[0], "status": "queued", "status_detail": "", "charged": 4,
-                "delivery": {r: {"status": "queued", "detail": ""} for r in rcpts},
-                "boxes": {user: {"folder": "sent", "read": True}}}},
-            {"op": "queue.put", "id": f"{seq:016x}cafe", "entry": {
-                "msg": msg_id, "sender": user, "from_addr": f"{user}@mu.test",
-                "domain": rcpts[0].rpartition("@")[2], "rcpts": rcpts, "attempts": 0,
-                "created_at": now, "next_try": now, "status": "queued", "detail": ""}},
-        ], msg_id
-    return store.commit(build, [raw])
+    pack = os.path.join(home, "blobs", "000001.jsonl")
+    offset = os.path.getsize(pack) if os.path.exists(pack) else 0
+    line = b'"' + base64.b64encode(raw) + b'"\n'
+    with open(pack, "ab") as f:
+        f.write(line)
+    records = []
+    if not any(r.get("op") == "user.put" and r.get("name") == user for r in last):
+        records.append({"op": "user.put", "name": user,
+                        "fields": {"credits": credits, "role": "user", "pw": {}, "created_at": now}})
+    records += [
+        {"op": "user.credit", "name": user, "delta": -4},
+        {"op": "msg.add", "msg": {
+            "id": msg_id, "kind": "outbound", "from": user, "from_addr": f"{user}@mu.test",
+            "from_name": user, "to": rcpts, "subject": "from before",
+            "created_at": now, "message_id": f"<{seq}@mu.test>", "thread_id": msg_id,
+            "in_reply_to": "", "references": [], "attachments": [], "snippet": "hello", "body": "hello",
+            "raw_blob": f"000001:{offset}:{len(line)}", "status": "queued", "status_detail": "", "charged": 4,
+            "delivery": {r: {"status": "queued", "detail": ""} for r in rcpts},
+            "boxes": {user: {"folder": "sent", "read": True}}}},
+        {"op": "queue.put", "id": f"{seq:016x}cafe", "entry": {
+            "msg": msg_id, "sender": user, "from_addr": f"{user}@mu.test",
+            "domain": rcpts[0].rpartition("@")[2], "rcpts": rcpts, "attempts": 0,
+            "created_at": now, "next_try": now, "status": "queued", "detail": ""}},
+    ]
+    with open(journal, "a") as f:
+        for i, record in enumerate(records):
+            f.write(json.dumps(dict(record, seq=next_seq + i)) + "\n")
+    return msg_id
 
 
 def test_queue_entry_written_by_earlier_mu_still_delivers(tmp_path, mu_env, dns, capture):
