@@ -172,6 +172,7 @@ class Mu:
         self.env.update(env or {})
         self.proc = None
         self.log_lines = []
+        self.program = [MU]   # what the interpreter runs; a test may wrap mu.py to inject a fault
 
     @property
     def domain(self) -> str:
@@ -179,7 +180,7 @@ class Mu:
 
     def start(self):
         self.log_lines = []
-        self.proc = subprocess.Popen([sys.executable, MU, "--serve", "--address", f"127.0.0.1:{self.web_port}"],
+        self.proc = subprocess.Popen([sys.executable, *self.program, "--serve", "--address", f"127.0.0.1:{self.web_port}"],
                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      cwd=ROOT)
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()

@@ -377,3 +377,16 @@ def test_text_line_over_1000_octets_is_refused_and_nothing_stored(make_site):
     client.close()
     listed = site.web.request("GET", "/api/mail?folder=inbox", token=site.token("longline")).json()
     assert listed["messages"] == []
+
+
+def test_message_over_the_size_limit_552_and_nothing_stored(make_site):
+    site = make_site(MAIL_MAX_SIZE="2048")
+    site.add_user("big")
+    client = greeted(site)
+    client.send(b"EHLO x", *message_lines("big"))
+    assert [client.reply()[0] for _ in range(4)] == [250, 250, 250, 354]
+    assert client.command(b"Subject: big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 100 + b".")[0] == 552
+    assert client.command(b"NOOP")[0] == 250
+    client.close()
+    listed = site.web.request("GET", "/api/mail?folder=inbox", token=site.token("big")).json()
+    assert listed["messages"] == []
