@@ -135,8 +135,8 @@ def serve(config, host: str, port: int) -> int:
     from .smtp.server import THREAD_STACK_BYTES, SMTPServer
     from .web import make_web_app
 
-    # Before any thread starts or file opens: the watcher that makes SIGTERM always work,
-    # and the stack size every thread is then made with (why: mu/smtp/server.py).
+    # The watcher that makes SIGTERM always work (mu/backstop.py), and before any thread
+    # starts, the stack size every thread is made with (why: mu/smtp/server.py).
     backstop.start(config.shutdown_seconds + BACKSTOP_EXTRA_SECONDS)
     threading.stack_size(THREAD_STACK_BYTES)
     _keep_to_cpus(config.cpus)

@@ -6,68 +6,74 @@ the interpreter lock, and a thread inside one long C call (a regular expression 
 hostile message, say) keeps it: then no Python code runs at all, and no shutdown either.
 The kernel still delivers the signal, and CPython's C-level handler writes the signal's
 number to the wakeup fd (`signal.set_wakeup_fd`) without taking the lock. That fd is a
-pipe to this watcher, forked at start-up, which gives the server `grace` seconds from the
-first SIGTERM or SIGINT, then has it write every thread's stack to stderr (faulthandler,
-also free of the lock) and kills it. The watcher exits as soon as the pipe closes, which
-is when the server has exited, however it did.
+pipe to the watcher, a second small interpreter started with the server, which gives the
+server `grace` seconds from the first SIGTERM or SIGINT, then has it write every thread's
+stack to stderr (faulthandler, also free of the lock) and kills it. The watcher exits as
+soon as the pipe closes, which is when the server has exited, however it did.
 """
 
 import faulthandler
 import os
-import select
 import signal
-import time
+import subprocess
+import sys
 
-_STOP_SIGNALS = bytes([signal.SIGTERM, signal.SIGINT])
-_STACKS_SIGNAL = signal.SIGUSR2
-_STACKS_SECONDS = 1.0   # time for faulthandler to write the stacks before the kill
+from .log import log
 
+STACKS_SIGNAL = signal.SIGUSR2
 
-def start(grace_seconds: float) -> bool:
-    """Fork the watcher. Call it before any thread starts or any file is opened: the
-    child keeps nothing of the server but the pipe (and stderr, to say why it acts)."""
-    if not hasattr(os, "fork"):
-        return False
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:   # the watcher
-        try:
-            os.close(write_end)
-            _watch(read_end, os.getppid(), grace_seconds)
-        finally:
-            os._exit(0)
-    os.close(read_end)
-    os.set_blocking(write_end, False)   # set_wakeup_fd requires it: a signal never blocks
-    faulthandler.register(_STACKS_SIGNAL, all_threads=True)
-    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    return True
+# Run by a fresh `python -I -S` (about 3.5 MiB of its own memory; a fork of the server
+# would keep a private copy of everything the server changes after it): argv is the
+# server's pid, the grace in seconds, and the signals that start the countdown and the
+# one that asks for the stacks.
+_WATCHER = r"""
+import os, select, signal, sys, time
+server, grace = int(sys.argv[1]), float(sys.argv[2])
+stop_signals, stacks_signal = set(map(int, sys.argv[3].split(","))), int(sys.argv[4])
+# systemd signals the whole control group, a terminal the whole process group: the
+# watcher outlives those signals to do its job.
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, stacks_signal):
+    signal.signal(signum, signal.SIG_IGN)
 
-
-def _watch(pipe: int, server: int, grace_seconds: float) -> None:
-    # systemd signals the whole control group and a terminal the whole process group:
-    # the watcher outlives those signals to do its job.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, _STACKS_SIGNAL):
-        signal.signal(signum, signal.SIG_IGN)
-    while True:
-        data = os.read(pipe, 64)
-        if not data:
-            return   # the server exited
-        if any(b in _STOP_SIGNALS for b in data):
-            break
-    if _server_exits(pipe, time.monotonic() + grace_seconds) or os.getppid() != server:
-        return
-    os.write(2, f"mail: shutdown took longer than {grace_seconds:g} s; stopping the process\n".encode())
-    os.kill(server, _STACKS_SIGNAL)
-    if not _server_exits(pipe, time.monotonic() + _STACKS_SECONDS) and os.getppid() == server:
-        os.kill(server, signal.SIGKILL)
-
-
-def _server_exits(pipe: int, deadline: float) -> bool:
-    """Wait until the pipe closes (True) or `deadline` passes (False)."""
+def server_exits(deadline):
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        ready, _, _ = select.select([pipe], [], [], remaining)
-        if ready and not os.read(pipe, 64):
+        if select.select([0], [], [], remaining)[0] and not os.read(0, 64):
             return True
+
+while True:
+    data = os.read(0, 64)
+    if not data:
+        sys.exit(0)   # the server exited
+    if stop_signals & set(data):
+        break
+if server_exits(time.monotonic() + grace) or os.getppid() != server:
+    sys.exit(0)
+os.write(2, f"mail: shutdown took longer than {grace:g} s; stopping the process\n".encode())
+os.kill(server, stacks_signal)
+if not server_exits(time.monotonic() + 1.0) and os.getppid() == server:
+    os.kill(server, signal.SIGKILL)
+"""
+
+
+def start(grace_seconds: float):
+    """Start the watcher and route signals to it; call it from the main thread. Returns
+    the watcher's Popen, or None where it cannot run (mu then works without it)."""
+    read_end, write_end = os.pipe()
+    try:
+        watcher = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WATCHER, str(os.getpid()), repr(grace_seconds),
+             f"{signal.SIGTERM:d},{signal.SIGINT:d}", str(int(STACKS_SIGNAL))],
+            stdin=read_end, stdout=subprocess.DEVNULL, close_fds=True)
+    except OSError as exc:
+        os.close(write_end)
+        log("mail", f"shutdown watcher not started ({exc.strerror or exc}): a stuck thread could delay SIGTERM")
+        return None
+    finally:
+        os.close(read_end)
+    os.set_blocking(write_end, False)   # set_wakeup_fd requires it: a signal never blocks
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    return watcher
