@@ -3,8 +3,9 @@
 Who does what:
 
 - `SMTPServer` binds the port. Each of its threads accepts a connection, serves it to the
-  end and accepts again; once a few threads already wait in accept(), a thread whose
-  connection ended exits instead, so idle threads do not pile up after a burst.
+  end and accepts again; past KEEP_THREADS, when enough threads already wait in accept(),
+  a thread whose connection ended exits instead, so idle threads do not pile up after a
+  burst.
 - `Receiver` is everything but the listening socket: config, policy, TLS context, the
   connection `Slots`, and shutdown (`drain`). `Receiver.handle(sock, peer_ip)` serves one
   accepted connection, which is how the in-process tests drive it over a socketpair.
@@ -47,8 +48,12 @@ _READ_CHUNK = 65536
 # the worst case) needs about 700 KiB of C stack: 1 MiB is safe for any code, and an eighth
 # of glibc's 8 MiB default, so 1,000 connection threads reserve 1 GiB of address space, not 8.
 THREAD_STACK_BYTES = 1024 * 1024
-# Threads left waiting in accept() when connections end; the rest exit.
-SPARE_ACCEPTORS = 4
+# Connection threads kept however few connections are open; beyond them, a thread whose
+# connection ends exits if this many others already wait in accept(). The gap between
+# "spawn when none waits" and "exit when many wait" keeps a steady load from creating and
+# ending a thread per connection.
+KEEP_THREADS = 32
+SPARE_ACCEPTORS = 8
 # A read may overrun its deadline by this much before the socket's timer is set again:
 # setting it for every read would cost a system call each.
 _REARM_SLACK_SECONDS = 0.2
@@ -252,8 +257,9 @@ class Slots:
         self.stress_timeout = min(config.smtp_stress_timeout_seconds, config.smtp_timeout_seconds)
         self.open = 0
         self.stressed = False
+        self.timeout = self.normal_timeout   # for what is read next: shorter under stress
         self._by_client = {}
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())
 
     def take(self, ip: str):
         """A slot for a new connection from `ip`, or the 421 that refuses it."""
@@ -268,6 +274,7 @@ class Slots:
             self.open += 1
             if not self.stressed and self.open >= self.stress_from:
                 self.stressed = True
+                self.timeout = self.stress_timeout
                 log("smtp", f"under stress: {self.open} of {self.total} connections open;"
                             f" timeouts down to {self.stress_timeout:g} s")
         return None
@@ -281,12 +288,9 @@ class Slots:
             self.open -= 1
             if self.stressed and self.open <= self.stress_until:
                 self.stressed = False
+                self.timeout = self.normal_timeout
                 log("smtp", f"stress over: {self.open} of {self.total} connections open")
             self._changed.notify_all()
-
-    def timeout(self) -> float:
-        """The timeout for what is read next: shorter under stress."""
-        return self.stress_timeout if self.stressed else self.normal_timeout
 
     def wait_until_fewer(self, than: int, deadline: float) -> int:
         with self._changed:
@@ -329,7 +333,7 @@ class Connection:
             sock.settimeout(None)
         # Writes: the kernel's timer per send; replies are small and the error and junk
         # budgets bound how many a client can make us queue without reading them.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(receiver.slots.timeout()))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(receiver.slots.timeout))
         self.reader = LineReader(sock, self.flush)
         if self.debug:
             log("smtp", f"#{self.id} connect from {peer_ip}")
@@ -352,15 +356,15 @@ class Connection:
 
     def run(self) -> None:
         receiver = self.receiver
-        timeout = receiver.slots.timeout
+        slots = receiver.slots
         self.session = session = self._new_session(tls_active=False)
         try:
             self.send(session.greeting())
             while not session.closing:
-                if receiver.stopping.is_set() and not session.in_transaction:
+                if receiver.stopping and not session.in_transaction:
                     self.send(R.SHUTTING_DOWN)
                     break
-                self.reader.expect(timeout())
+                self.reader.expect(slots.timeout)
                 self.waiting = True
                 line, too_long = self.reader.readline(COMMAND_LINE_LIMIT)
                 self.waiting = False
@@ -370,7 +374,7 @@ class Connection:
                 self.send(reply)
                 if session.in_data:
                     self.flush()
-                    self.reader.expect(timeout(), self.config.smtp_min_data_bytes_per_second)
+                    self.reader.expect(slots.timeout, self.config.smtp_min_data_bytes_per_second)
                     self.waiting = True
                     data, error = read_data(self.reader, self.config.max_message_bytes)
                     self.waiting = False
@@ -384,7 +388,7 @@ class Connection:
         except Timeout:
             self._last_words(R.TIMEOUT)
         except (ClientGone, ConnectionError, ssl.SSLError, OSError):
-            if receiver.stopping.is_set():   # the drain closed our read side
+            if receiver.stopping:   # the drain closed our read side
                 self._last_words(R.SHUTTING_DOWN)
         except Exception as exc:  # a bug must cost one connection, never the server
             log("smtp", f"error in session with {self.peer_ip}: {exc!r}")
@@ -406,7 +410,7 @@ class Connection:
         tls = self.receiver.tls_context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
         with self._lock:
             self.sock = tls
-        self._handshake(tls, self.receiver.slots.timeout())
+        self._handshake(tls, self.receiver.slots.timeout)
         self.reader = LineReader(tls, self.flush)
         return self._new_session(tls_active=True)
 
@@ -447,7 +451,7 @@ class Connection:
             self.sock.settimeout(_LAST_WORDS_SECONDS)
             data, self.out = b"".join(self.out), []
             self.sock.sendall(data)
-        except OSError:
+        except (OSError, ValueError):   # ValueError: a TLS socket whose handshake never ended
             pass
 
     def interrupt(self, idle_only: bool) -> None:
@@ -483,13 +487,13 @@ class Receiver:
         self.policy = policy
         self.tls_context = tls_context
         self.slots = Slots(config)
-        self.stopping = threading.Event()
+        self.stopping = False   # set once, by drain()
         self._connections = set()
         self._lock = threading.Lock()
 
     def handle(self, sock, peer_ip: str) -> None:
         """Serve one accepted connection to its end, then close it."""
-        refusal = R.SHUTTING_DOWN if self.stopping.is_set() else self.slots.take(peer_ip)
+        refusal = R.SHUTTING_DOWN if self.stopping else self.slots.take(peer_ip)
         if refusal is not None:
             self._refuse(sock, peer_ip, refusal)
             return
@@ -505,8 +509,9 @@ class Receiver:
             if connection is not None:
                 with self._lock:
                     self._connections.discard(connection)
-                connection.close()
-            sock.close()   # the TLS socket that replaced `sock` is closed above
+                connection.close()   # its socket: `sock`, or the TLS socket that replaced it
+            if connection is None or connection.sock is not sock:
+                sock.close()
             self.slots.give_back(peer_ip)
 
     def _refuse(self, sock, peer_ip: str, reply) -> None:
@@ -530,7 +535,7 @@ class Receiver:
         once; the others get until near `timeout` to finish (a message mid-DATA gets its
         reply), then 421 as they wait for their client. Returns how many were still open
         (busy in the policy, which no one can cut short)."""
-        self.stopping.set()
+        self.stopping = True
         now = time.monotonic()
         deadline = now + timeout
         cut_off = deadline - min(1.0, timeout / 4)
@@ -641,7 +646,7 @@ class SMTPServer(socketserver.TCPServer):
                     self._spawn_acceptor()
                 self.receiver.handle(request, _peer_ip(client_address))
                 with self._threads_lock:
-                    if self._idle_acceptors >= SPARE_ACCEPTORS:
+                    if self._idle_acceptors >= SPARE_ACCEPTORS and self._threads > KEEP_THREADS:
                         return
         finally:
             with self._threads_lock:
