@@ -178,17 +178,27 @@ class Mu:
     def domain(self) -> str:
         return self.env["MAIL_DOMAIN"]
 
-    def start(self):
-        self.log_lines = []
-        self.proc = subprocess.Popen([sys.executable, *self.program, "--serve", "--address", f"127.0.0.1:{self.web_port}"],
-                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     cwd=ROOT)
-        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
-        wait_for(lambda: self.proc.poll() is not None or any("web: Listening on" in l for l in self.log_lines),
-                 timeout=20, message="mu to start")
-        if self.proc.poll() is not None:
-            raise RuntimeError("mu exited: " + "".join(self.log_lines))
-        return self
+    def start(self, attempts: int = 3):
+        for attempt in range(attempts):
+            self.log_lines = []
+            self.proc = subprocess.Popen([sys.executable, *self.program, "--serve", "--address",
+                                          f"127.0.0.1:{self.web_port}"],
+                                         env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         cwd=ROOT)
+            pump = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+            pump.start()
+            wait_for(lambda: self.proc.poll() is not None or any("web: Listening on" in l for l in self.log_lines),
+                     timeout=20, message="mu to start")
+            if self.proc.poll() is None:
+                return self
+            pump.join(5)
+            # free_port() can race with any process's outgoing connection taking the same
+            # ephemeral port: take new ports and try again.
+            if "Address already in use" not in self.log() or attempt == attempts - 1:
+                break
+            self.web_port, self.smtp_port = free_port(), free_port()
+            self.env["MAIL_PORT"] = str(self.smtp_port)
+        raise RuntimeError("mu exited: " + "".join(self.log_lines))
 
     def _pump(self, proc):
         for raw in proc.stderr:
