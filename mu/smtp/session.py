@@ -103,7 +103,7 @@ class Session:
         return reply
 
     def _account(self, reply: Reply) -> Reply:
-        """Spend from the error budget; past it, 421 (RFC 5321 §4.2.5 allows it at any time)."""
+        """Spend from the error budget; past it, 421, which may answer any command (RFC 5321 §4.3.2)."""
         if reply.code in PROTOCOL_ERRORS:
             self.errors += 1
         if self.errors > self.max_errors:
