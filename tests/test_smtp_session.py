@@ -390,3 +390,15 @@ def test_message_over_the_size_limit_552_and_nothing_stored(make_site):
     client.close()
     listed = site.web.request("GET", "/api/mail?folder=inbox", token=site.token("big")).json()
     assert listed["messages"] == []
+
+
+def test_debug_transcript_shows_refusals_too(make_site, capsys):
+    site = make_site(MU_DEBUG="smtp", MAIL_MAX_CONNECTIONS_PER_CLIENT="1")
+    held = greeted(site, "192.0.2.5")
+    refused = site.smtp(peer_ip="192.0.2.5")
+    assert refused.reply()[0] == 421
+    refused.close()
+    held.close()
+    err = capsys.readouterr().err
+    label = re.search(r"smtp: (#\d+) connect from 192.0.2.5, refused", err).group(1)
+    assert f"smtp: {label} > 421 4.7.0 {R.TOO_MANY_CLIENT_CONNECTIONS.text}" in err

@@ -312,6 +312,11 @@ def printable(line: bytes) -> str:
     return text + (f"... ({len(line)} octets)" if len(line) > _TRANSCRIPT_LINE_CHARS else "")
 
 
+def _log_reply(label: str, wire: bytes) -> None:
+    for line in wire.split(b"\r\n")[:-1]:
+        log("smtp", f"{label} > {printable(line)}")
+
+
 class Connection:
     """One client: reads with deadlines, asks the session, writes every reply in `send`."""
 
@@ -343,8 +348,7 @@ class Connection:
         wire = reply.encode()
         self.out.append(wire)
         if self.debug:
-            for line in wire.split(b"\r\n")[:-1]:
-                log("smtp", f"#{self.id} > {printable(line)}")
+            _log_reply(f"#{self.id}", wire)
 
     def flush(self) -> None:
         if self.out:
@@ -516,9 +520,12 @@ class Receiver:
 
     def _refuse(self, sock, peer_ip: str, reply) -> None:
         """421 without a thread's worth of waiting: the kernel takes a short reply at once
-        into a new connection's send buffer, or the client gets nothing."""
+        into a new connection's send buffer, or the client gets nothing. (No Connection:
+        a flood of refusals should cost as little as possible.)"""
         if "smtp" in self.config.debug:
-            log("smtp", f"refused {peer_ip}: {printable(reply.encode().rstrip())}")
+            label = f"#{next(Connection._ids)}"
+            log("smtp", f"{label} connect from {peer_ip}, refused")
+            _log_reply(label, reply.encode())
         try:
             sock.setblocking(False)
             sock.send(reply.encode())
