@@ -156,6 +156,83 @@ def bench_smtp(tmp, dns_port):
     row("ratio mu / aiosmtpd", f"{rate['mu'] / rate['aiosmtpd']:.2f}", "x", "target ≥ 1.0")
 
 
+IDLE_CONNECTIONS = 1000
+IDLE_CLIENT_ADDRESSES = 50   # 127.0.0.2 ... : 20 connections each, the per-client cap
+
+
+def _proc_status(pid: int) -> dict:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return {"threads": int(fields["Threads"]), "rss_kib": int(fields["VmRSS"].split()[0]),
+            "vsz_kib": int(fields["VmSize"].split()[0])}
+
+
+def _private_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean", "Private_Dirty")))
+
+
+def _time_to_greeting(port: int) -> float:
+    t = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        assert s.recv(200).startswith(b"220")
+    return time.perf_counter() - t
+
+
+def bench_smtp_idle(tmp, dns_port):
+    print(f"SMTP with {IDLE_CONNECTIONS:,} idle connections from {IDLE_CLIENT_ADDRESSES} addresses", flush=True)
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, IDLE_CONNECTIONS + 1024)), hard))
+    # Room for one more client, and timeouts long enough to hold the idle ones while measuring.
+    mu = Mu(os.path.join(tmp, "idle"), {"MAIL_DOMAIN": "localhost", "MAIL_DNS_SERVER": f"127.0.0.1:{dns_port}",
+                                        "MAIL_MAX_CONNECTIONS": str(IDLE_CONNECTIONS + 100),
+                                        "MAIL_TIMEOUT": "600", "MAIL_STRESS_TIMEOUT_SECONDS": "600"})
+    mu.start()
+    idle = []
+    try:
+        pid = mu.proc.pid
+        _time_to_greeting(mu.smtp_port)
+        at_rest = _proc_status(pid)
+        fresh = statistics.median(_time_to_greeting(mu.smtp_port) for _ in range(20))
+        for i in range(IDLE_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=30,
+                                         source_address=(f"127.0.0.{2 + i % IDLE_CLIENT_ADDRESSES}", 0))
+            idle.append(s)
+        for s in idle:
+            assert s.recv(200).startswith(b"220")
+        loaded = _proc_status(pid)
+        busy = statistics.median(_time_to_greeting(mu.smtp_port) for _ in range(20))
+        for s in idle:
+            s.close()
+        idle = []
+        settle = time.monotonic() + 10
+        while _proc_status(pid)["threads"] > at_rest["threads"] + 40 and time.monotonic() < settle:
+            time.sleep(0.05)
+        after = _proc_status(pid)
+        watchers = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        watcher_kib = _private_kib(int(watchers[0])) if watchers else None
+    finally:
+        for s in idle:
+            s.close()
+        mu.stop()
+    row("server threads, no connection", at_rest["threads"], "")
+    row(f"server threads, {IDLE_CONNECTIONS:,} idle connections", loaded["threads"], "")
+    row("server threads, after they closed", after["threads"], "")
+    row("server RSS, no connection", f"{at_rest['rss_kib'] / 1024:.1f}", "MiB")
+    row(f"server RSS, {IDLE_CONNECTIONS:,} idle connections", f"{loaded['rss_kib'] / 1024:.1f}", "MiB",
+        f"{(loaded['rss_kib'] - at_rest['rss_kib']) / IDLE_CONNECTIONS:.0f} KiB a connection")
+    row(f"server address space, {IDLE_CONNECTIONS:,} idle connections", f"{loaded['vsz_kib'] / 1024:.0f}", "MiB",
+        "virtual: thread stacks are reserved, not used")
+    row("time to 220 for a new client, no connection", f"{fresh * 1000:.2f}", "ms", "median of 20")
+    row(f"time to 220 for a new client, {IDLE_CONNECTIONS:,} idle connections", f"{busy * 1000:.2f}", "ms", "median of 20")
+    if watcher_kib is not None:
+        row("shutdown watcher process, private memory", f"{watcher_kib / 1024:.1f}", "MiB", "mu/backstop.py")
+
+
 # ---------------------------------------------------------------- outbound
 
 def bench_outbound(tmp, dns):
@@ -353,11 +430,13 @@ def main():
     dns = FakeDNS()
     print(f"mu benchmarks on {os.cpu_count()} cores, Python {sys.version.split()[0]}\n", flush=True)
     try:
-        only = sys.argv[1:] or ["store", "smtp", "outbound", "web", "scale"]
+        only = sys.argv[1:] or ["store", "smtp", "smtp-idle", "outbound", "web", "scale"]
         if "store" in only:
             bench_store(tmp)
         if "smtp" in only:
             bench_smtp(tmp, dns.port)
+        if "smtp-idle" in only:
+            bench_smtp_idle(tmp, dns.port)
         if "outbound" in only:
             bench_outbound(tmp, dns)
         if "web" in only:

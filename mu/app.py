@@ -28,6 +28,12 @@ from .ratelimit import RateLimiter, Sweeper
 from .store import Store
 
 SWEEP_INTERVAL_SECONDS = 60.0
+# Open files the server needs besides one per SMTP connection: the web app's connections
+# (Waitress's connection_limit), the store's files, DNS sockets.
+OTHER_OPEN_FILES = 1024
+# After MU_SHUTDOWN_SECONDS the backstop gives the process this much longer to exit by
+# itself before it ends it (mu/backstop.py).
+BACKSTOP_EXTRA_SECONDS = 5.0
 EVENT_LOG_SIZE = 500
 # Young-generation collections every 20,000 net container allocations instead of 700: a
 # received message allocates a few hundred short-lived dicts and lists, nearly all freed by
@@ -98,6 +104,22 @@ def _keep_to_cpus(count: int) -> None:
         log("mail", f"cannot keep to {count} CPU cores ({exc.strerror or exc}); using all")
 
 
+def _allow_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files to what the connection caps need (it is often
+    1,024, and every SMTP connection holds a descriptor), as far as the hard limit allows."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        return
+    if target < wanted:
+        log("smtp", f"open files limited to {target} (ulimit -n); MAIL_MAX_CONNECTIONS"
+                    f" connections may not all fit")
+
+
 def _settle_heap() -> None:
     """Keep the cycle collector off the store's long-lived state.
 
@@ -138,10 +160,15 @@ def _offer_admin_setup(app, host: str, port: int) -> None:
 def serve(config, host: str, port: int) -> int:
     import waitress
 
+    from . import backstop
     from .smtp.policy import ReceivePolicy
-    from .smtp.server import SMTPServer
+    from .smtp.server import THREAD_STACK_BYTES, SMTPServer
     from .web import make_web_app
 
+    # The watcher that makes SIGTERM always work (mu/backstop.py), and before any thread
+    # starts, the stack size every thread is made with (why: mu/smtp/server.py).
+    backstop.start(config.shutdown_seconds + BACKSTOP_EXTRA_SECONDS)
+    threading.stack_size(THREAD_STACK_BYTES)
     _keep_to_cpus(config.cpus)
     app = App(config)
     if _claim_home(config.home) is None:
@@ -159,6 +186,7 @@ def serve(config, host: str, port: int) -> int:
         log("tls", f"using {config.tls_cert}: {tls.describe(config.tls_cert)}")
     policy = ReceivePolicy(config, app.mailbox, app.blocklist, app.connection_limiter,
                            app.message_limiter, app.resolver, events=app.events)
+    _allow_open_files(config.max_smtp_connections + OTHER_OPEN_FILES)
     try:
         app.smtp_server = SMTPServer(config, policy, tls_context=app.tls)
     except OSError as exc:
@@ -212,14 +240,22 @@ def serve(config, host: str, port: int) -> int:
     except SystemExit:
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM stops at once
+        deadline = time.monotonic() + config.shutdown_seconds
+
+        def left(most: float = float("inf")) -> float:
+            return max(0.0, min(most, deadline - time.monotonic()))
+
         web.close()
-        still_open = app.smtp_server.drain(timeout=config.smtp_timeout_seconds + 5)
-        if still_open:
-            log("smtp", f"closing {still_open} idle sessions")
-        app.queue.stop(timeout=config.outbound_timeout_seconds)
+        # Most of the time goes to sessions mid-transaction; deliveries get what they leave.
+        busy = app.smtp_server.drain(timeout=left() * 0.8)
+        if busy:
+            log("smtp", f"{busy} sessions still busy; stopping without them (nothing they hold was acknowledged)")
+        app.queue.stop(timeout=left(config.outbound_timeout_seconds))
         sweeper.stopping.set()
-        chores.stop()
-        web.task_dispatcher.shutdown(timeout=5)
+        chores.stop(timeout=left(5))
+        web.task_dispatcher.shutdown(timeout=left(5))
         log("mail", "stopped")
+        if busy:
+            os._exit(0)   # not wait on, or tear down the interpreter under, threads still at work
     return 0

@@ -93,6 +93,18 @@ def _cpus(text: str) -> int:
         raise ValueError(f"expected a number of CPU cores or 'all', got {text!r}") from None
 
 
+DEBUG_SUBSYSTEMS = ("smtp",)
+
+
+def _debug(text: str) -> frozenset:
+    """`smtp` or a comma-separated list of DEBUG_SUBSYSTEMS; empty for none."""
+    words = frozenset(w.strip().lower() for w in text.split(",") if w.strip())
+    unknown = sorted(words - set(DEBUG_SUBSYSTEMS))
+    if unknown:
+        raise ValueError(f"expected a comma-separated list of {', '.join(DEBUG_SUBSYSTEMS)}, got {unknown[0]!r}")
+    return words
+
+
 def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
@@ -167,10 +179,28 @@ SETTINGS = [
     ("CREDIT_COST_EMAIL", "credit_cost_email", "4", _int(0), "credits charged per external message"),
     ("MAIL_MAX_SIZE", "max_message_bytes", "10485760", _int(1024), "message size limit, bytes (SMTP and API)"),
     ("MAIL_MAX_RECIPIENTS", "max_recipients", "50", _int(1, 100000), "recipients per message"),
-    ("MAIL_TIMEOUT", "smtp_timeout_seconds", "10", _seconds, "SMTP read/write timeout, seconds"),
+    ("MAIL_TIMEOUT", "smtp_timeout_seconds", "10", _seconds,
+     "SMTP timeout, seconds: a whole command line must arrive within it, and DATA may not pause longer"),
     ("MAIL_RATE_CONNECTIONS", "rate_connections_per_hour", "10", _int(1), "SMTP connections per hour per client IP"),
     ("MAIL_RATE_MESSAGES", "rate_messages_per_day", "100", _int(1), "messages per day per envelope sender"),
-    ("MAIL_MAX_CONNECTIONS", "max_smtp_connections", "100", _int(1, 100000), "concurrent SMTP connections in total (421 beyond)"),
+    ("MAIL_MAX_CONNECTIONS", "max_smtp_connections", "1000", _int(1, 100000),
+     "concurrent SMTP connections in total (421 beyond); each is one thread"),
+    ("MAIL_MAX_CONNECTIONS_PER_CLIENT", "max_smtp_connections_per_client", "20", _int(1, 100000),
+     "concurrent SMTP connections from one client address, an IPv6 client counted by its /64 (421 beyond)"),
+    ("MAIL_STRESS_PERCENT", "smtp_stress_percent", "50", _int(1, 100),
+     "share of MAIL_MAX_CONNECTIONS open, in percent, from which the receiver is under stress"
+     " and its timeouts drop to MAIL_STRESS_TIMEOUT_SECONDS"),
+    ("MAIL_STRESS_TIMEOUT_SECONDS", "smtp_stress_timeout_seconds", "3", _seconds,
+     "SMTP timeout under stress, seconds (MAIL_TIMEOUT otherwise)"),
+    ("MAIL_MIN_DATA_BYTES_PER_SECOND", "smtp_min_data_bytes_per_second", "500", _int(1),
+     "slowest DATA transfer kept open, bytes/second: each read adds its size over this rate to the DATA"
+     " deadline, which stays at most MAIL_TIMEOUT ahead"),
+    ("MAIL_MAX_ERRORS", "smtp_max_errors", "10", _int(1, 10000),
+     "protocol errors (bad, unknown or out-of-sequence commands, over-long lines) in one SMTP session;"
+     " the next one is answered 421 and the connection closed"),
+    ("MAIL_MAX_JUNK_COMMANDS", "smtp_max_junk_commands", "100", _int(0, 100000),
+     "NOOP, RSET, VRFY, HELP, EHLO and HELO in one SMTP session since its last accepted message;"
+     " each one beyond counts as an error"),
     ("MAIL_TLS_CERT", "tls_cert", "", _optional_path, "PEM certificate; with MAIL_TLS_KEY the receiver offers STARTTLS"),
     ("MAIL_TLS_KEY", "tls_key", "", _optional_path, "PEM private key for MAIL_TLS_CERT"),
     ("MAIL_DNS_SERVER", "dns_server", "", lambda t: _host_port(t) if t.strip() else None,
@@ -184,6 +214,9 @@ SETTINGS = [
     ("MAIL_QUEUE_WORKERS", "queue_workers", "4", _int(1, 64), "outbound delivery threads"),
     ("MAIL_RETRY_BASE_SECONDS", "retry_base_seconds", "60", _seconds,
      "first outbound retry delay, seconds; later ones grow 5x, 15x, 30x, 60x, 120x, 240x of it"),
+    ("MU_SHUTDOWN_SECONDS", "shutdown_seconds", "30", _seconds,
+     "on SIGTERM, how long open SMTP sessions and deliveries may take to finish before mu exits anyway, seconds"),
+    ("MU_DEBUG", "debug", "", _debug, "comma-separated subsystems to log in detail: `smtp` logs every command and reply"),
     ("MU_CPUS", "cpus", "1", _cpus,
      "CPU cores the server's threads may run on, or `all`; one is fastest for CPython's threads (see docs)"),
     # Operating mu: the web front, accounts, certificates, self-checks.
@@ -229,6 +262,12 @@ class Config:
     rate_connections_per_hour: int
     rate_messages_per_day: int
     max_smtp_connections: int
+    max_smtp_connections_per_client: int
+    smtp_stress_percent: int
+    smtp_stress_timeout_seconds: float
+    smtp_min_data_bytes_per_second: int
+    smtp_max_errors: int
+    smtp_max_junk_commands: int
     tls_cert: Optional[str]
     tls_key: Optional[str]
     dns_server: Optional[tuple]
@@ -239,6 +278,8 @@ class Config:
     queue_lifetime_seconds: float
     queue_workers: int
     retry_base_seconds: float
+    shutdown_seconds: float
+    debug: frozenset
     cpus: int
     web_address: tuple
     trusted_proxies: tuple

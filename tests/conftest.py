@@ -300,30 +300,33 @@ class Mu:
         self.env.update(env or {})
         self.proc = None
         self.log_lines = []
+        self.program = [MU]   # what the interpreter runs; a test may wrap mu.py to inject a fault
 
     @property
     def domain(self) -> str:
         return self.env["MAIL_DOMAIN"]
 
-    def start(self, _tries: int = 3):
-        self.log_lines = []
-        self.proc = subprocess.Popen([sys.executable, MU, "--serve", "--address", f"127.0.0.1:{self.web_port}"],
-                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     cwd=ROOT)
-        pump = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
-        pump.start()
-        wait_for(lambda: self.proc.poll() is not None or any("web: Listening on" in l for l in self.log_lines),
-                 timeout=20, message="mu to start")
-        if self.proc.poll() is not None:
-            pump.join(5)   # every line it wrote
-            if _tries > 1 and "Address already in use" in self.log() and self.env.get("MAIL_PORT") == str(self.smtp_port):
-                # free_port() gave back a port that another connection on this machine took
-                # as its own before mu bound it: take new ones.
-                self.web_port, self.smtp_port = free_port(), free_port()
-                self.env["MAIL_PORT"] = str(self.smtp_port)
-                return self.start(_tries - 1)
-            raise RuntimeError("mu exited: " + "".join(self.log_lines))
-        return self
+    def start(self, attempts: int = 3):
+        for attempt in range(attempts):
+            self.log_lines = []
+            self.proc = subprocess.Popen([sys.executable, *self.program, "--serve", "--address",
+                                          f"127.0.0.1:{self.web_port}"],
+                                         env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         cwd=ROOT)
+            pump = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+            pump.start()
+            wait_for(lambda: self.proc.poll() is not None or any("web: Listening on" in l for l in self.log_lines),
+                     timeout=20, message="mu to start")
+            if self.proc.poll() is None:
+                return self
+            pump.join(5)
+            # free_port() can race with any process's outgoing connection taking the same
+            # ephemeral port: take new ports and try again.
+            if "Address already in use" not in self.log() or attempt == attempts - 1:
+                break
+            self.web_port, self.smtp_port = free_port(), free_port()
+            self.env["MAIL_PORT"] = str(self.smtp_port)
+        raise RuntimeError("mu exited: " + "".join(self.log_lines))
 
     def _pump(self, proc):
         for raw in proc.stderr:

@@ -2,19 +2,30 @@
 
 For the many small cases that need no real server process: the web app is a plain WSGI
 callable, so requests go straight to it (`Web`), and the store, accounts and mailbox are
-the real ones on a temporary MU_HOME. Anything that needs a listening socket, a signal or
+the real ones on a temporary MU_HOME. SMTP sessions run over a `socket.socketpair()`
+against the real `Connection` and `Session` with the real receive policy (`site.smtp()`),
+from any client address a test names. Anything that needs a listening socket, a signal or
 a second process belongs to the live-server tier (conftest.Mu).
 
     def test_something(tmp_path):
         site = InProcess(tmp_path)
         alice = site.add_user("alice", credits=10)
         resp = site.web.request("GET", "/api/me", token=site.token("alice"))
+
+    def test_smtp_case(tmp_path, dns):
+        site = InProcess(tmp_path, MAIL_DNS_SERVER=f"127.0.0.1:{dns.port}")
+        client = site.smtp(peer_ip="192.0.2.7")
+        assert client.reply()[0] == 220
+        assert client.command(b"EHLO x")[0] == 250
 """
 
 import io
 import json
 import os
+import select
+import socket
 import sys
+import threading
 import urllib.parse
 from http.cookies import SimpleCookie
 
@@ -106,8 +117,55 @@ class Web:
         return resp
 
 
+class SMTPClient:
+    """The client's end of one in-process SMTP connection, served by a thread running
+    `Receiver.handle` on the other end of a socketpair."""
+
+    def __init__(self, receiver, peer_ip: str, timeout: float = 10.0):
+        self.sock, server_end = socket.socketpair()
+        self.sock.settimeout(timeout)
+        self.file = self.sock.makefile("rb")
+        self.thread = threading.Thread(target=receiver.handle, args=(server_end, peer_ip), daemon=True)
+        self.thread.start()
+
+    def send(self, *lines: bytes) -> None:
+        """All `lines` in one packet (pipelining), CRLF added to each that lacks it."""
+        self.sock.sendall(b"".join(line if line.endswith(b"\n") else line + b"\r\n" for line in lines))
+
+    def reply(self) -> tuple:
+        """(code, text) of the next whole reply, lines joined by \\n; (None, "") at EOF."""
+        lines = []
+        while True:
+            raw = self.file.readline()
+            if not raw:
+                return (None, "\n".join(lines))
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                return (int(line[:3]), "\n".join(lines))
+
+    def command(self, line: bytes) -> tuple:
+        self.send(line)
+        return self.reply()
+
+    def answered_within(self, seconds: float) -> bool:
+        """Whether the server sends something (or closes) within `seconds`; call it only
+        with no reply left unread."""
+        return bool(select.select([self.sock], [], [], seconds)[0])
+
+    def closed(self) -> bool:
+        """The server closed the connection, with nothing more to say."""
+        return self.file.read() == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+        self.thread.join(10)
+
+
 class InProcess:
-    """An mu App on a temporary MU_HOME, with its web app reachable through `self.web`."""
+    """An mu App on a temporary MU_HOME, with its web app reachable through `self.web` and
+    its SMTP receiver through `self.smtp()`."""
 
     def __init__(self, tmp_path, **env):
         environ = {"MU_HOME": str(tmp_path / "home"), "MAIL_DOMAIN": "mu.test"}
@@ -117,6 +175,24 @@ class InProcess:
         from mu.web import make_web_app
         self.app = App(self.config)
         self.web = Web(make_web_app(self.app))
+        self._receiver = None
+
+    def receive_policy(self):
+        from mu.smtp.policy import ReceivePolicy
+        app = self.app
+        return ReceivePolicy(self.config, app.mailbox, app.blocklist, app.connection_limiter,
+                             app.message_limiter, app.resolver, events=app.events)
+
+    @property
+    def receiver(self):
+        """The SMTP receiver (mu.smtp.server.Receiver) with the real policy, built once."""
+        if self._receiver is None:
+            from mu.smtp.server import Receiver
+            self._receiver = Receiver(self.config, self.receive_policy())
+        return self._receiver
+
+    def smtp(self, peer_ip: str = "192.0.2.1", timeout: float = 10.0) -> SMTPClient:
+        return SMTPClient(self.receiver, peer_ip, timeout)
 
     def add_user(self, name: str, password: str = "password1", admin: bool = False, credits: int = 0) -> str:
         self.app.accounts.create(name, password, admin=admin, credits=credits, min_password_chars=1)

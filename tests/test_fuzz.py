@@ -19,6 +19,8 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list
 class Config:
     max_message_bytes = 10485760
     max_recipients = 50
+    smtp_max_errors = 10
+    smtp_max_junk_commands = 100
 
 
 class Policy:

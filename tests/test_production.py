@@ -7,10 +7,11 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import threading
 import time
 
-from conftest import MU, ROOT, free_port, smtp_dialog, wait_for
+from conftest import MU, ROOT, Mu, free_port, smtp_dialog, wait_for
 
 
 def test_doctor_all_good(make_mu, dns, capture):
@@ -78,6 +79,88 @@ def test_sigterm_finishes_open_data_then_exits_0(make_mu):
     assert mu.proc.wait(20) == 0
     mu.start()
     assert mu.inbox(mu.token(name))["messages"][0]["subject"] == "in flight"
+
+
+def test_sigterm_closes_idle_sessions_at_once(make_mu):
+    mu = make_mu()
+    s = socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"EHLO x\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    started = time.monotonic()
+    mu.proc.send_signal(signal.SIGTERM)
+    assert f.readline().startswith(b"421 4.3.2")
+    assert mu.proc.wait(10) == 0
+    assert time.monotonic() - started < 3
+    s.close()
+
+
+def test_sigterm_stops_within_the_bound_when_a_client_never_finishes_data(make_mu):
+    mu = make_mu(MU_SHUTDOWN_SECONDS="2")
+    name = mu.add_user()
+    s = socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"HELO x\r\nMAIL FROM:<a@b.org>\r\nRCPT TO:<" + name.encode() + b"@mu.test>\r\nDATA\r\n")
+    for _ in range(4):
+        f.readline()
+    started = time.monotonic()
+    mu.proc.send_signal(signal.SIGTERM)
+    while mu.proc.poll() is None and time.monotonic() - started < 10:
+        try:
+            s.sendall(b"a line every tenth of a second, and never the final dot\r\n")
+        except OSError:
+            break
+        time.sleep(0.1)
+    assert mu.proc.wait(10) == 0
+    assert time.monotonic() - started < 4
+    assert f.readline().startswith(b"421 4.3.2")   # (then a reset: the server left our lines unread)
+    s.close()
+    mu.start()
+    assert mu.inbox(mu.token(name))["messages"] == []
+
+
+STALLING_MU = """if True:
+    import re, sys
+    sys.path.insert(0, sys.argv[1])
+    from mu.smtp import policy
+    real_deliver = policy.ReceivePolicy.deliver
+
+    def deliver(self, envelope, data):
+        if b"STALL" in data:   # exponential backtracking: one C call that keeps the GIL for ages
+            re.fullmatch(r"(x+x+)+y", "x" * 64)
+        return real_deliver(self, envelope, data)
+
+    policy.ReceivePolicy.deliver = deliver
+    from mu.cli import main
+    sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_stops_a_server_whose_thread_keeps_the_interpreter_lock(tmp_path, mu_env):
+    """A thread inside one long C call keeps the GIL, so no Python signal handler can run:
+    the backstop process ends the server MU_SHUTDOWN_SECONDS + 5 s after SIGTERM."""
+    mu = Mu(str(tmp_path / "home"), dict(mu_env, MU_SHUTDOWN_SECONDS="1"))
+    mu.program = ["-c", STALLING_MU, ROOT]
+    mu.start()
+    try:
+        name = mu.add_user()
+        s = socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=10)
+        s.sendall(b"HELO x\r\nMAIL FROM:<a@b.org>\r\nRCPT TO:<" + name.encode() + b"@mu.test>\r\nDATA\r\n"
+                  b"Subject: STALL\r\n\r\nx\r\n.\r\n")
+        time.sleep(0.5)   # the stall holds the GIL: nothing in the server can tell us it began
+        started = time.monotonic()
+        mu.proc.send_signal(signal.SIGTERM)
+        assert mu.proc.wait(15) == -signal.SIGKILL
+        assert 5 < time.monotonic() - started < 9
+        wait_for(lambda: "mail: shutdown took longer than 6 s; stopping the process" in mu.log(), timeout=5)
+        wait_for(lambda: "in deliver" in mu.log(), timeout=5, message="the stuck thread's stack in the log")
+        s.close()
+    finally:
+        if mu.proc.poll() is None:
+            mu.kill()
 
 
 def test_sigkill_under_smtp_load_loses_no_acknowledged_message(make_mu):
@@ -159,28 +242,75 @@ def test_outbound_sigkill_mid_delivery_loses_nothing(make_mu, dns, capture):
     assert sum(counts) - 40 <= 4
 
 
-def test_300_idle_connections_do_not_block_new_clients(make_mu):
-    mu = make_mu(MAIL_TIMEOUT="3", MAIL_MAX_CONNECTIONS="400")
-    idle = []
-    for _ in range(300):
-        s = socket.create_connection(("127.0.0.1", mu.smtp_port))
-        idle.append(s)
+def _connect_from(source_ip: str, port: int, timeout: float = 10):
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source_ip, 0))
+
+
+def test_300_idle_connections_from_ten_addresses_do_not_block_new_clients(make_mu):
+    """With 100 idle connections (the old total cap) every new client got 421 for as long
+    as the attacker liked."""
+    mu = make_mu(MAIL_TIMEOUT="3")
+    idle = [_connect_from(f"127.0.0.{2 + i % 10}", mu.smtp_port) for i in range(300)]
+    greetings = [s.recv(200)[:4] for s in idle]
+    assert greetings.count(b"220 ") == 200 and greetings.count(b"421 ") == 100   # 20 per client address
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", mu.smtp_port), timeout=5) as s:
         assert s.makefile("rb").readline().startswith(b"220")
     assert time.monotonic() - started < 2
-    # each idle one is dropped after MAIL_TIMEOUT
-    for s in idle[:20]:
-        s.settimeout(10)
+    # the idle ones that were let in are dropped after MAIL_TIMEOUT
+    for s in [s for s, greeting in zip(idle, greetings) if greeting == b"220 "][:20]:
         data = b""
         while True:
             chunk = s.recv(4096)
             if not chunk:
                 break
             data += chunk
-        assert b"421" in data
+        assert data.startswith(b"421 4.4.2")
     for s in idle:
         s.close()
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_connection_threads_end_after_a_burst(make_mu):
+    mu = make_mu()
+    smtp_dialog(mu.smtp_port, [b"QUIT"])
+    before = _threads(mu.proc.pid)
+    held = [_connect_from(f"127.0.0.{2 + i % 10}", mu.smtp_port) for i in range(150)]
+    for s in held:
+        assert s.recv(200).startswith(b"220")
+    assert _threads(mu.proc.pid) >= before + 145   # a thread for each connection
+    for s in held:
+        s.close()
+    from mu.smtp.server import KEEP_THREADS, SPARE_ACCEPTORS
+    wait_for(lambda: _threads(mu.proc.pid) <= before + KEEP_THREADS + SPARE_ACCEPTORS, timeout=10,
+             message="connection threads to end")
+
+
+def test_thread_stacks_hold_the_deepest_recursion(tmp_path):
+    """Threads get small stacks (THREAD_STACK_BYTES): CPython's deepest recursion in one must
+    end in RecursionError, never a crash of the whole server."""
+    code = """if True:
+        import sys, threading
+        sys.path.insert(0, sys.argv[1])
+        from mu.smtp.server import THREAD_STACK_BYTES
+        threading.stack_size(THREAD_STACK_BYTES)
+        class Deep:
+            def __getattr__(self, name):
+                return getattr(self, name)
+        def run():
+            try:
+                Deep().x
+            except RecursionError:
+                print("RecursionError")
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+    """
+    out = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "RecursionError"), out.stderr[-500:]
 
 
 def test_connection_limit_421(make_mu):

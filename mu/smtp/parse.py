@@ -9,6 +9,7 @@ from .replies import ReplyError
 _PATH = re.compile(r"^(FROM|TO):[ ]?<([^<>]*)>(.*)$", re.I | re.S)
 _SOURCE_ROUTE = re.compile(r"^@[^:]+:")
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def split_command(line: str) -> tuple:
@@ -30,3 +31,11 @@ def parse_path(argument: str, keyword: str) -> tuple:
             raise ReplyError(R.SYNTAX.with_text(f"Bad parameter syntax: {word}"))
         params[key.upper()] = value if sep else None
     return address, params
+
+
+def decimal(value, max_digits: int):
+    """'1024' -> 1024; None unless `value` is 1 to `max_digits` ASCII digits (RFC 5234 DIGIT:
+    str.isdigit() and int() also take '²' and '٣', which no ESMTP grammar does)."""
+    if value is None or len(value) > max_digits or not _ASCII_DIGITS.fullmatch(value):
+        return None
+    return int(value)

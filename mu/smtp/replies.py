@@ -59,10 +59,12 @@ START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
 # 4xx — transient.
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_CLIENT_CONNECTIONS = Reply(421, "4.7.0", "Too many open connections from your address, try again later")
 RATE_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your IP address, try again later")
 TIMEOUT = Reply(421, "4.4.2", "Timeout waiting for client input, closing connection")
-TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_ERRORS = Reply(421, "4.5.0", "Too many errors, closing connection")  # RFC 3463: X.5.X is protocol
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")
+LOCAL_ERROR = Reply(421, "4.3.0", "Local error, closing connection")  # RFC 5321 §3.8
 RATE_MESSAGES = Reply(451, "4.7.1", "Too many messages from this sender today, try again later")
 STORAGE_FAILED = Reply(451, "4.3.0", "Local error while storing the message, try again later")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
@@ -74,7 +76,9 @@ LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long")  # RFC 5321 §4.5.3.1.4: 51
 SYNTAX = Reply(501, "5.5.2", "Syntax error")
 SYNTAX_ADDRESS = Reply(501, "5.1.7", "Bad address syntax")
 VRFY_NEEDS_ARGUMENT = Reply(501, "5.5.4", "VRFY requires an argument")
+BAD_SIZE = Reply(501, "5.5.4", "SIZE requires a number of octets")  # RFC 1870 §3: 1*20DIGIT
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+ONLY_QUIT = Reply(503, "5.5.1", "Bad sequence of commands: service refused, only QUIT is accepted")  # RFC 5321 §3.1
 NEED_EHLO = Reply(503, "5.5.1", "Send EHLO/HELO first")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command first")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command first")

@@ -1,21 +1,31 @@
 """The SMTP protocol state machine: one method per verb, each returning one Reply.
 
 The session knows RFC 5321 and nothing about sockets or policy. The server feeds it
-command lines and finished DATA; a `policy` object decides who may send to whom and
-stores the message. States:
+command lines (or tells it a line was too long) and finished DATA; a `policy` object
+decides who may send to whom and stores the message. States:
 
     GREETED --EHLO/HELO--> READY --MAIL--> MAIL --RCPT--> RCPT --DATA--> (data) --> READY
     RSET or a new EHLO/HELO returns to READY; STARTTLS starts a fresh session.
+    A 554 greeting leaves the session REFUSED: 503 to everything until QUIT.
+
+One error budget per session (`MAIL_MAX_ERRORS`): every reply in PROTOCOL_ERRORS spends
+from it, whatever caused it, and past it the session answers 421 and ends. Junk commands
+(JUNK_VERBS, which move no mail) are free up to `MAIL_MAX_JUNK_COMMANDS` since the last
+accepted message, then each spends from the same budget (Postfix's
+smtpd_junk_command_limit), so a client cannot hold a connection with NOOPs.
 """
 
 from dataclasses import dataclass, field
 from typing import Optional
 
 from . import replies as R
-from .parse import parse_path, split_command
+from .parse import decimal, parse_path, split_command
 from .replies import Reply, ReplyError
 
-MAX_ERRORS = 10  # then 421 and close, so a garbage stream costs us little
+# Bad, unknown or out-of-sequence commands, and bad parameters: what a garbage stream,
+# or a cross-protocol attack (an HTTP request sent to port 25), earns.
+PROTOCOL_ERRORS = frozenset({500, 501, 502, 503, 504, 555})
+JUNK_VERBS = frozenset({"NOOP", "RSET", "VRFY", "HELP", "EHLO", "HELO"})
 
 
 @dataclass
@@ -39,7 +49,10 @@ class Session:
         self.tls_available = tls_available and not tls_active
         self.state = "GREETED"
         self.envelope = Envelope(peer_ip, tls=tls_active)
+        self.max_errors = config.smtp_max_errors
+        self.max_junk = config.smtp_max_junk_commands
         self.errors = 0
+        self.junk = 0
         self.closing = False       # the server closes after sending the reply
         self.start_tls = False     # the server starts TLS after sending the reply
         self.in_data = False       # the server reads message data next
@@ -49,7 +62,12 @@ class Session:
     def greeting(self) -> Reply:
         reply = self.policy.connect(self.peer_ip)
         if reply is not None:
-            self.closing = True
+            if reply.code == 554:
+                # RFC 5321 §3.1: after a 554 greeting the server MUST wait for QUIT and
+                # SHOULD answer anything else 503.
+                self.state = "REFUSED"
+            else:
+                self.closing = True
             return reply
         return R.READY.with_text(R.READY.text.format(host=self.policy.hostname))
 
@@ -58,14 +76,16 @@ class Session:
             reply = self._dispatch(line)
         except ReplyError as exc:
             reply = exc.reply
-        if reply.code in (500, 501, 503):
-            self.errors += 1
-            if self.errors > MAX_ERRORS:
-                self.closing = True
-                return R.TOO_MANY_ERRORS
-        if reply.code == 421:
-            self.closing = True
-        return reply
+        return self._account(reply)
+
+    def line_too_long(self) -> Reply:
+        """The server read a command line over the limit to its end (RFC 5321 §4.5.3.1.4)."""
+        return self._account(R.LINE_TOO_LONG)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the reply to the final dot: a shutdown lets it finish."""
+        return self.in_data or self.state in ("MAIL", "RCPT")
 
     def data_received(self, data: Optional[bytes], error: Optional[Reply]) -> Reply:
         """The server read DATA to its final dot; `error` if it had to drop the content."""
@@ -75,9 +95,23 @@ class Session:
         if error is not None:
             return error
         try:
-            return self.policy.deliver(envelope, data)
+            reply = self.policy.deliver(envelope, data)
         except ReplyError as exc:
-            return exc.reply
+            reply = exc.reply
+        if reply.code < 400:
+            self.junk = 0   # a client that delivers mail is not idling
+        return reply
+
+    def _account(self, reply: Reply) -> Reply:
+        """Spend from the error budget; past it, 421, which may answer any command (RFC 5321 §4.3.2)."""
+        if reply.code in PROTOCOL_ERRORS:
+            self.errors += 1
+        if self.errors > self.max_errors:
+            self.closing = True
+            return R.TOO_MANY_ERRORS
+        if reply.code == 421:
+            self.closing = True
+        return reply
 
     # ------------------------------------------------------------ dispatch
 
@@ -91,9 +125,15 @@ class Session:
         verb, argument = split_command(text)
         if not verb.isascii() or not verb.isalpha():
             return R.UNRECOGNIZED
+        if self.state == "REFUSED" and verb != "QUIT":
+            return R.ONLY_QUIT
         handler = getattr(self, "smtp_" + verb, None)
         if handler is None:
             return R.UNRECOGNIZED
+        if verb in JUNK_VERBS:
+            self.junk += 1
+            if self.junk > self.max_junk:
+                self.errors += 1
         return handler(argument)
 
     def _reset_transaction(self) -> None:
@@ -139,10 +179,10 @@ class Session:
         for key, value in params.items():
             if not env.esmtp:
                 raise ReplyError(R.UNKNOWN_PARAMETER)
-            if key == "SIZE":  # RFC 1870
-                if not value or not value.isdigit():
-                    raise ReplyError(R.SYNTAX.with_text("SIZE requires a number"))
-                env.declared_size = int(value)
+            if key == "SIZE":  # RFC 1870 §3: size-value ::= 1*20DIGIT
+                env.declared_size = decimal(value, 20)
+                if env.declared_size is None:
+                    raise ReplyError(R.BAD_SIZE)
                 if env.declared_size > self.config.max_message_bytes:
                     raise ReplyError(R.MESSAGE_TOO_BIG)
             elif key == "BODY":  # RFC 6152
