@@ -18,9 +18,16 @@ from email.message import EmailMessage
 POLICY = email.policy.SMTP.clone(max_line_length=78)
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: everything
+# str.splitlines() breaks a line at (the email package refuses such a header value, and
+# would fold at it), and nothing a one-line field should hold.
+_NOT_IN_HEADER_TEXT = {c: " " for c in [*range(0, 32), 127, *range(0x80, 0xA0), 0x2028, 0x2029]}
+
+
 def clean_header_text(text: str) -> str:
-    """Header field text with CR, LF and other controls turned into spaces (no header injection)."""
-    return "".join(" " if (ord(c) < 32 or ord(c) == 127) else c for c in text or "").strip()
+    """Header field text with CR, LF, other controls and line separators turned into
+    spaces (no header injection, no broken fold)."""
+    return (text or "").translate(_NOT_IN_HEADER_TEXT).strip()
 
 
 def new_message_id(domain: str) -> str:

@@ -363,7 +363,7 @@ def test_unreadable_queued_message_defers_on_schedule_instead_of_looping(make_mu
     msg = mu.send(token, "bea@lostblob.example")
     wait_status(mu, token, msg["id"], {"deferred"})
     for pack in os.listdir(os.path.join(mu.home, "blobs")):   # the raw message is gone
-        os.unlink(os.path.join(mu.home, "blobs", pack))
+        os.truncate(os.path.join(mu.home, "blobs", pack), 0)   # (the server holds packs open)
     before, started = mx.connections(), time.monotonic()
     wait_for(lambda: "cannot prepare the queued message" in
              mu.http("GET", f"/api/mail/{msg['id']}", token).json()["status_detail"], message="the error")
