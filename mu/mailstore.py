@@ -118,6 +118,8 @@ class MailboxView:
     def internal_zone(self, i: int) -> int:
         return self._zones[i]
 
+    internal_tz = internal_zone
+
     def size(self, i: int) -> int:
         return self._sizes[self.msgs[i]]
 
@@ -355,6 +357,17 @@ class MailStore:
         with self.store.reading() as state:
             first = state.messages.first_blob[n]
         return self.store.blob(first + record["raw_blob"])
+
+    def headers(self, user: str, name: str, uids) -> dict:
+        """{uid: the raw header block} for those still present (SEARCH FROM/SUBJECT/HEADER,
+        SORT, THREAD): read up to the blank line only."""
+        out = {}
+        for uid in uids:
+            raw = self.raw(user, name, uid)
+            if raw is not None:
+                end = raw.find(b"\r\n\r\n")
+                out[uid] = raw[:end + 4] if end >= 0 else raw
+        return out
 
     def raw(self, user: str, name: str, uid: int) -> Optional[bytes]:
         with self.store.reading() as state:

@@ -45,9 +45,10 @@ def imap_description(raw: bytes):
     except ImportError:
         return None
     try:
-        return mimeinfo.describe(raw)
+        d = mimeinfo.describe(raw)
     except Exception:
         return None
+    return d if isinstance(d, dict) else {"envelope": d.envelope, "bodystructure": d.bodystructure, "body": d.body}
 
 
 class NewMessage:

@@ -190,7 +190,7 @@ class UserMail:
     def __init__(self):
         self.boxes = {}               # canonical name -> MailboxIndex
         self.subscriptions = set()
-        self.generation = 0           # bumped by every change (IDLE waits on it)
+        self.generation = 1           # bumped by every change (IDLE waits on it; 0 means "now")
         self.last_uidvalidity = 0     # a re-created mailbox must get a new one (RFC 9051 §2.3.1.1)
 
     def new_uidvalidity(self, now: float) -> int:
@@ -281,11 +281,15 @@ class State:
         return um
 
     def _ensure_default_mailboxes(self, user: str, created_at: float) -> None:
+        """Every user has INBOX and the five special-use mailboxes, each with a UIDVALIDITY
+        of its own (the account's creation time, one apart)."""
         um = self.user_mail(user)
-        for name in DEFAULT_MAILBOXES:
+        for i, name in enumerate(DEFAULT_MAILBOXES):
             if name not in um.boxes:
-                um.boxes[name] = MailboxIndex(name, default_uidvalidity(created_at), SPECIAL_USE.get(name, ""))
+                validity = default_uidvalidity(created_at) + i
+                um.boxes[name] = MailboxIndex(name, validity, SPECIAL_USE.get(name, ""))
                 um.subscriptions.add(name)
+                um.last_uidvalidity = max(um.last_uidvalidity, validity)
 
     def mailbox(self, user: str, name: str):
         um = self.mail.get(user)

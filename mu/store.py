@@ -123,7 +123,10 @@ class Store:
         # there from now on, so the old ones can empty and go.
         self.blobs.forget_current()
         self.meta.forget_current()
+        before = {user: um.generation for user, um in self.state.mail.items()}
         _ino, self._seq, self.state = snapshot or self._read_snapshot()
+        for user, um in self.state.mail.items():   # IDLE waits on these: they never go back
+            um.generation = max(um.generation, before.get(user, 0) + 1)
         self._journal_ino, self._journal_offset = None, 0
         if not os.path.exists(self.journal_path):
             # Only before the first write: created empty, which any process may do.
