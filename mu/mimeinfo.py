@@ -700,3 +700,34 @@ def decode_words(value: bytes) -> str:
 def header_text(entity: Part) -> str:
     return "\n".join(decode_words(whole.partition(b":")[2]) if name else ""
                      for name, whole, _v in entity.fields)
+
+
+# ---------------------------------------------------------------- binary content on APPEND
+
+def encode_binary_parts(raw: bytes) -> bytes:
+    """The message with every leaf part that is binary (Content-Transfer-Encoding: binary
+    or NUL octets) re-encoded as base64, so BODY[] stays text while BINARY[] gives back the
+    octets that were appended (RFC 3516 §4.4, APPEND with literal8)."""
+    root = parse(raw)
+    edits, stack = [], [root]
+    while stack:
+        part = stack.pop()
+        if part.children is not None:
+            stack.extend(part.children)
+        elif part.message is not None:
+            stack.append(part.message)
+        elif part.encoding == b"binary" or b"\0" in raw[part.body_start:part.end]:
+            edits.append(part)
+    if not edits:
+        return raw
+    out, pos = [], 0
+    for part in sorted(edits, key=lambda p: p.start):
+        content = decode_content(part) if part.encoding in IDENTITY_ENCODINGS else part.body
+        newline = b"\n" if part.header.endswith(b"\n") and not part.header.endswith(b"\r\n") else b"\r\n"
+        header = b"".join(whole for name, whole, _v in part.fields if name != b"content-transfer-encoding")
+        header += b"Content-Transfer-Encoding: base64" + newline + newline
+        body = base64.encodebytes(content).replace(b"\n", newline).rstrip(b"\r\n")
+        out += [raw[pos:part.start], header, body]
+        pos = part.end
+    out.append(raw[pos:])
+    return b"".join(out)
