@@ -129,6 +129,14 @@ def serve(config, host: str, port: int) -> int:
     smtp_thread = threading.Thread(target=app.smtp_server.serve_forever, name="smtp", daemon=True)
     smtp_thread.start()
     log("smtp", f"Starting SMTP server (receive only) on {config.smtp_host}:{app.smtp_server.port}")
+    imap_servers = []
+    if getattr(app, "mailstore", None) is not None:   # the mailbox store IMAP serves
+        from .imap import server as imap_server
+        try:
+            imap_servers = imap_server.start(config, app.accounts, app.mailstore)
+        except OSError as exc:
+            print(f"mu: error: cannot listen for IMAP: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     app.queue.start()
     sweeper = Sweeper([app.connection_limiter, app.message_limiter], SWEEP_INTERVAL_SECONDS,
                       chores=[app.store.maybe_compact, app.store.maybe_reclaim])
@@ -163,6 +171,8 @@ def serve(config, host: str, port: int) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         web.close()
+        for server in imap_servers:
+            server.shutdown()
         still_open = app.smtp_server.drain(timeout=config.smtp_timeout_seconds + 5)
         if still_open:
             log("smtp", f"closing {still_open} idle sessions")

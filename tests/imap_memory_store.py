@@ -115,7 +115,7 @@ class MemoryMailStore:
         return box
 
     def _touch(self, user: str) -> None:
-        self._generation[user] = self._generation.get(user, 0) + 1
+        self._generation[user] = self._generation.get(user, 1) + 1
         self._changed.notify_all()
 
     def _canonical_flags(self, box: _Mailbox, flags) -> frozenset:
@@ -225,10 +225,10 @@ class MemoryMailStore:
                 self._remove(box, list(box.uids))
                 boxes[new] = moved
             else:
-                prefix = box.name + "/"
-                for name in [n for n in boxes if n == box.name or n.startswith(prefix)]:
+                old_name = box.name
+                for name in [n for n in boxes if n == old_name or n.startswith(old_name + "/")]:
                     child = boxes.pop(name)
-                    child.name = new + name[len(box.name):]
+                    child.name = new + name[len(old_name):]
                     boxes[child.name] = child
             self._touch(user)
 
@@ -367,14 +367,15 @@ class MemoryMailStore:
     def wait(self, user, since_generation, timeout):
         deadline = time.monotonic() + timeout
         with self._changed:
-            since = since_generation or self._generation.get(user, 0)
-            while self._generation.get(user, 0) == since:
+            since = since_generation or self._generation.get(user, 1)
+            while self._generation.get(user, 1) == since:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._changed.wait(left)
-            return self._generation.get(user, 0)
+            return self._generation.get(user, 1)
 
     def generation(self, user):
+        """Never 0, so that wait(user, 0, ...) ("from now") is never mistaken for it."""
         with self._lock:
-            return self._generation.get(user, 0)
+            return self._generation.get(user, 1)

@@ -50,8 +50,10 @@ class Bad(Exception):
         self.text = text
 
 
-def _quote(data: bytes) -> bytes:
-    if b"\r" in data or b"\n" in data or b"\0" in data or not data.isascii():
+def _quote(data: bytes, utf8: bool = False) -> bytes:
+    """A quoted string, or a literal when it cannot be one (8-bit text is quoted only
+    where UTF-8 strings are allowed: RFC 9051 and RFC 6855 after ENABLE)."""
+    if b"\r" in data or b"\n" in data or b"\0" in data or not (utf8 or data.isascii()):
         return b"{%d}\r\n%s" % (len(data), data.replace(b"\0", b""))
     return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
@@ -267,7 +269,7 @@ class Session:
         return name
 
     def _wire_name(self, name: str) -> bytes:
-        return _quote(name.encode("utf-8") if self.utf8_names else mutf7.encode(name))
+        return _quote(name.encode("utf-8"), True) if self.utf8_names else _quote(mutf7.encode(name))
 
     def _mailbox_arg(self, reader) -> str:
         return self._name(reader.astring())
