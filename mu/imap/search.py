@@ -23,6 +23,8 @@ _FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True), 
 _STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 _ADDRESS_HEADERS = {"FROM": b"from", "TO": b"to", "CC": b"cc", "BCC": b"bcc"}
+_KEYS_WITH_ARGUMENTS = _STRING_KEYS | _DATE_KEYS | {"KEYWORD", "UNKEYWORD", "HEADER", "LARGER", "SMALLER", "OLDER",
+                                                   "YOUNGER", "UID", "NOT", "OR", "MODSEQ"}
 RETURN_OPTIONS = {"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"}
 MAX_DEPTH = 50
 
@@ -86,6 +88,8 @@ def parse_key(reader, depth: int) -> tuple:
         return ("FLAG", flag, present)
     if word in _NO_ARG:
         return (word,)
+    if word not in _KEYS_WITH_ARGUMENTS:
+        raise BadSyntax(f"Unknown search key {word}")
     reader.sp()
     if word in _STRING_KEYS:
         return (word, _text(reader.astring()))
