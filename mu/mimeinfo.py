@@ -26,7 +26,6 @@ from typing import Optional
 MAX_DEPTH = 40
 MAX_PARTS = 5000
 
-_BLANK_LINE = re.compile(rb"\n\r?\n")
 _TRAILING_WS = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
 _SOFT_BREAK = re.compile(rb"=\r?\n")
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
@@ -87,7 +86,8 @@ def header_fields(header: bytes) -> list:
     return [(n, w + b"\n", v) for n, w, v in fields]
 
 
-def _first(fields: list, name: bytes) -> Optional[bytes]:
+def first(fields: list, name: bytes) -> Optional[bytes]:
+    """The raw value of the first field with that (lower-case) name, or None."""
     for field_name, _whole, value in fields:
         if field_name == name:
             return value
@@ -266,7 +266,7 @@ def envelope(fields: list) -> bytes:
     """The ENVELOPE of a message from its header fields (RFC 9051 §7.5.2): Sender and
     Reply-To default to From when missing or empty."""
     def get(name):
-        return _first(fields, name)
+        return first(fields, name)
 
     from_ = _address_list(get(b"from"))
     sender = _address_list(get(b"sender"))
@@ -290,15 +290,18 @@ def envelope(fields: list) -> bytes:
 
 def _mime_value(value: Optional[bytes]) -> tuple:
     """(main value lower-cased, [(NAME, value)]) of a Content-Type/-Disposition value:
-    RFC 2045 §5.1 tokens and quoted strings, comments skipped; parameters kept as written
-    (RFC 2231 continuations are the client's to join)."""
+    RFC 2045 §5.1 tokens and quoted strings, comments skipped. RFC 2231 continuations are
+    joined (an encoded parameter keeps its name* and charset'language' prefix)."""
     if value is None:
         return b"", []
     tokens = [t for t in _tokens(value, b'()<>@,;:\\"/[]?=') if t[0] != "comment"]
-    main = bytearray()
     i = 0
+    main = b""
+    if tokens and tokens[0][0] in ("atom", "quoted"):   # type, or type "/" subtype; the rest ignored
+        main = tokens[0][1]
+        if len(tokens) > 2 and tokens[1][0] == "/" and tokens[2][0] in ("atom", "quoted"):
+            main += b"/" + tokens[2][1]
     while i < len(tokens) and tokens[i][0] != ";":
-        main += tokens[i][1]
         i += 1
     params = []
     while i < len(tokens):
@@ -314,7 +317,49 @@ def _mime_value(value: Optional[bytes]) -> tuple:
                 buf += tokens[i][1]
                 i += 1
             params.append((name.upper(), bytes(buf)))
-    return bytes(main).lower(), params
+    return bytes(main).lower(), _join_rfc2231(params)
+
+
+_SECTION = re.compile(rb"(.+?)\*(\d+)(\*?)\Z")
+
+
+def _join_rfc2231(params: list) -> list:
+    """RFC 2231 §3: NAME*0, NAME*1* ... joined into one parameter, in place of the first."""
+    if not any(b"*" in n for n, _ in params):
+        return params
+    out, sections = [], {}
+    for name, value in params:
+        m = _SECTION.match(name)
+        if m:
+            base = m.group(1)
+            if base not in sections:
+                sections[base] = []
+                out.append((base, None))
+            sections[base].append((int(m.group(2)), bool(m.group(3)), value))
+        else:
+            out.append((name, value))
+    joined = []
+    for name, value in out:
+        if value is not None:
+            joined.append((name, value))
+            continue
+        pieces = sorted(sections[name])
+        extended = pieces[0][1]
+        joined.append((name + (b"*" if extended else b""), b"".join(v for _n, _e, v in pieces)))
+    return joined
+
+
+def param(params: list, name: bytes) -> Optional[bytes]:
+    """A parameter's value, an RFC 2231 encoded one (NAME*) decoded to its octets."""
+    for n, v in params:
+        if n == name:
+            return v
+    for n, v in params:
+        if n == name + b"*":
+            parts = v.split(b"'", 2)
+            data = parts[2] if len(parts) == 3 else v
+            return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m.group(1), 16),)), data)
+    return None
 
 
 def _param_list(params: list) -> bytes:
@@ -359,7 +404,7 @@ class Part:
         return count + (self.raw[self.end - 1:self.end] != b"\n")
 
     def field(self, name: bytes) -> Optional[bytes]:
-        return _first(self.fields, name)
+        return first(self.fields, name)
 
     @property
     def encoding(self) -> bytes:
@@ -367,15 +412,30 @@ class Part:
         return unfold(value).lower() if value is not None and unfold(value) else b"7bit"
 
 
-def _split_header(raw: bytes, start: int, end: int) -> tuple:
-    """(header end = body start) of the entity at [start, end): the header ends with the
-    first empty line, which belongs to it; without one the whole entity is header."""
+# A run of header field lines: a field name (RFC 5322 §3.6.8 ftext, obsolete space before
+# the colon allowed) or a continuation line.
+_FIELD_LINES = re.compile(rb"(?:[!-9;-~]+[ \t]*:[^\n]*(?:\n|\Z)|[ \t][^\n]*(?:\n|\Z))*")
+
+
+def _split_header(raw: bytes, start: int, end: int) -> int:
+    """Where the body of the entity at [start, end) begins. The header ends with the first
+    empty line, which belongs to it; a line that is neither a field nor a continuation
+    also ends it (and starts the body), as mail readers treat a missing empty line."""
     if raw.startswith(b"\r\n", start) and start + 2 <= end:
         return start + 2
     if raw.startswith(b"\n", start) and start < end:
         return start + 1
-    m = _BLANK_LINE.search(raw, start, end)
-    return m.end() if m else end
+    pos = _FIELD_LINES.match(raw, start, end).end()
+    if raw.startswith(b"\r\n", pos) and pos + 2 <= end:
+        return pos + 2
+    if raw.startswith(b"\n", pos) and pos < end:
+        return pos + 1
+    return pos
+
+
+def message_header(raw: bytes) -> list:
+    """header_fields() of a whole message's header."""
+    return header_fields(raw[:_split_header(raw, 0, len(raw))])
 
 
 def _delimiters(raw: bytes, boundary: bytes, start: int, end: int) -> list:
@@ -386,8 +446,8 @@ def _delimiters(raw: bytes, boundary: bytes, start: int, end: int) -> list:
     found = []
     pos = start
     while True:
-        if pos == start and raw.startswith(marker, start):
-            i = start
+        if raw.startswith(marker, pos) and (pos == start or raw[pos - 1] == 0x0A):
+            i = pos   # a delimiter right after the previous one: an empty part between them
         else:
             i = raw.find(b"\n" + marker, pos, end)
             if i < 0:
@@ -431,19 +491,19 @@ class _Budget:
 def _entity(raw: bytes, start: int, end: int, default_type: tuple, depth: int, budget) -> Part:
     body_start = _split_header(raw, start, end)
     fields = header_fields(raw[start:body_start])
-    main, params = _mime_value(_first(fields, b"content-type"))
+    main, params = _mime_value(first(fields, b"content-type"))
     ctype, slash, subtype = main.partition(b"/")
     if not slash or not ctype or not subtype:
         ctype, subtype = default_type
         params = []
-        if (ctype, subtype) == (b"text", b"plain") and not any(n == b"CHARSET" for n, _ in params):
+        if (ctype, subtype) == (b"text", b"plain") and param(params, b"CHARSET") is None:
             params = [(b"CHARSET", b"us-ascii")] + params
     part = Part(raw, start, body_start, end, fields, ctype, subtype, params)
     budget.parts += 1
     if depth >= MAX_DEPTH or budget.parts > MAX_PARTS:
         return part
     if ctype == b"multipart":
-        boundary = next((v for n, v in params if n == b"BOUNDARY"), b"")
+        boundary = param(params, b"BOUNDARY") or b""
         child_default = (b"message", b"rfc822") if subtype == b"digest" else (b"text", b"plain")
         children = []
         if boundary:
@@ -653,7 +713,7 @@ def binary_bytes(raw: bytes, path: tuple, root: Part = None) -> Optional[bytes]:
 # ---------------------------------------------------------------- text for SEARCH
 
 def _charset(part: Part) -> str:
-    charset = next((v for n, v in part.params if n == b"CHARSET"), b"utf-8")
+    charset = param(part.params, b"CHARSET") or b"utf-8"
     return charset.decode("ascii", "replace").strip() or "utf-8"
 
 

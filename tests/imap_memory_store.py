@@ -154,8 +154,8 @@ class MemoryMailStore:
             email_id = f"m{self._email_ids}"
         msg.email_id = email_id
         msg.message_id = ""
-        env_fields = mimeinfo.header_fields(raw[:mimeinfo._split_header(raw, 0, len(raw))])
-        mid = mimeinfo._first(env_fields, b"message-id")
+        env_fields = mimeinfo.message_header(raw)
+        mid = mimeinfo.first(env_fields, b"message-id")
         msg.message_id = mimeinfo.unfold(mid).decode("utf-8", "replace") if mid else ""
         uid = box.uidnext
         box.uidnext += 1

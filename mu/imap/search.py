@@ -217,7 +217,7 @@ class Matcher:
             return _compare(name, day, target)
         if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
             fields = src.header_fields(uid)
-            date_value = mimeinfo._first(fields, b"date") if fields is not None else None
+            date_value = mimeinfo.first(fields, b"date") if fields is not None else None
             day = _sent_day(date_value) if date_value is not None else None
             if day is None:
                 day = src.internal_day(uid)

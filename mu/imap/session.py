@@ -92,8 +92,7 @@ class _Source:
             if raw is None:
                 self._fields[uid] = None
             else:
-                end = mimeinfo._split_header(raw, 0, len(raw))
-                self._fields[uid] = mimeinfo.header_fields(raw[:end])
+                self._fields[uid] = mimeinfo.message_header(raw)
         return self._fields[uid]
 
     def internal_day(self, uid):

@@ -95,7 +95,7 @@ class Facts:
 
     def __init__(self, seq, uid, size, arrival, fields):
         self.seq, self.uid, self.size, self.arrival = seq, uid, size, arrival
-        get = lambda n: mimeinfo._first(fields, n)   # noqa: E731
+        get = lambda n: mimeinfo.first(fields, n)   # noqa: E731
         sent = _date_seconds(get(b"date"))
         self.sent = arrival if sent is None else sent   # RFC 5256 §2.2: fall back to arrival
         subject = get(b"subject")
