@@ -579,3 +579,46 @@ def test_session_threads_end_when_clients_leave(site, user):
     wait_for(lambda: threading.active_count() <= before + 1, message="connection threads to finish")
     with socket.create_connection(("127.0.0.1", site.port)) as s:
         assert read_until(s, b"\r\n").startswith(b"* OK")
+
+
+# ---------------------------------------------------------------- NOTIFY (RFC 5465)
+
+def test_notify_pushes_status_list_and_new_messages_between_commands(site, user):
+    s = site.raw_connection()
+    read_until(s, b"\r\n")
+    s.sendall(f"a LOGIN {user} {PASSWORD}\r\nb SELECT INBOX\r\n".encode())
+    read_until(s, b"b OK.*\r\n")
+    s.sendall(b"c NOTIFY SET STATUS (SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)]) MessageExpunge))"
+              b" (PERSONAL (MessageNew MessageExpunge MailboxName SubscriptionChange))\r\n")
+    data = read_until(s, b"c OK.*\r\n")
+    assert re.search(rb'\* STATUS "Archive" \(MESSAGES 0 UIDNEXT 1 UIDVALIDITY \d+ UNSEEN 0\)', data)
+    assert b'STATUS "INBOX"' not in data   # the selected mailbox is reported by EXISTS instead
+    site.deliver(user, message("pushed"), mailbox="Archive")
+    assert re.search(rb'\* STATUS "Archive" \(MESSAGES 1 UIDNEXT 2 UNSEEN 1\)',
+                     read_until(s, b"STATUS.*\r\n", timeout=5))
+    site.deliver(user, message("arrives in INBOX"))
+    data = read_until(s, b"(?s)Subject: arrives in INBOX.*\\)\r\n", timeout=5)
+    assert b"* 1 EXISTS" in data and b"* 1 FETCH (UID 1 BODY[HEADER.FIELDS (SUBJECT)]" in data
+    site.store.create_mailbox(user, "Fresh")
+    assert b'* LIST () "/" "Fresh"' in read_until(s, b"Fresh.*\r\n", timeout=5)
+    site.store.rename_mailbox(user, "Fresh", "Renamed")
+    assert b'* LIST () "/" "Renamed" ("OLDNAME" ("Fresh"))' in read_until(s, b"Renamed.*\r\n", timeout=5)
+    site.store.subscribe(user, "Renamed")
+    assert b'* LIST (\\Subscribed) "/" "Renamed"' in read_until(s, b"Subscribed.*\r\n", timeout=5)
+    s.sendall(b"d NOTIFY NONE\r\ne NOOP\r\n")
+    read_until(s, b"e OK.*\r\n")
+    site.deliver(user, message("quiet now"), mailbox="Archive")
+    s.sendall(b"f CHECK\r\n")
+    assert b"STATUS" not in read_until(s, b"f OK.*\r\n")
+    s.close()
+
+
+def test_notify_refuses_events_it_does_not_support(site, user):
+    s = site.raw_connection()
+    read_until(s, b"\r\n")
+    s.sendall(f"a LOGIN {user} {PASSWORD}\r\nb NOTIFY SET (PERSONAL (AnnotationChange))\r\n"
+              "c NOTIFY SET (SELECTED (MessageNew))\r\n".encode())
+    data = read_until(s, b"c [A-Z]+ .*\r\n")
+    s.close()
+    assert b"b NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]" in data
+    assert b"c BAD" in data

@@ -22,7 +22,7 @@ COMMANDS = ["CAPABILITY", "NOOP", "LOGOUT", "ID", "ENABLE", "SELECT", "EXAMINE",
             "SUBSCRIBE", "UNSUBSCRIBE", "LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "CHECK", "CLOSE",
             "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID FETCH", "UID STORE",
             "UID SEARCH", "UID COPY", "UID MOVE", "UID EXPUNGE", "SORT", "THREAD", "UID SORT", "UID THREAD",
-            "CANCELUPDATE", "IDLE", "AUTHENTICATE", "LOGIN", "STARTTLS", "XYZZY"]
+            "CANCELUPDATE", "IDLE", "NOTIFY SET", "NOTIFY NONE", "AUTHENTICATE", "LOGIN", "STARTTLS", "XYZZY"]
 ATOMS = ["INBOX", "Sent", "1", "1:*", "*", "2,4:5", "$", "(FLAGS)", "(UID BODY.PEEK[1.MIME])", "BODY[]<0.10>",
          "BINARY[1]", "BINARY.SIZE[2]", "(\\Seen)", "+FLAGS", "-FLAGS.SILENT", "FLAGS", "(UNCHANGEDSINCE 5)",
          "ALL", "FULL", "FAST", "ENVELOPE", "BODYSTRUCTURE", "RETURN", "(MIN MAX COUNT)", "(PARTIAL 1:3)",
@@ -30,7 +30,8 @@ ATOMS = ["INBOX", "Sent", "1", "1:*", "*", "2,4:5", "$", "(FLAGS)", "(UID BODY.P
          "SUBJECT", "BODY", "TEXT", "LARGER", "SINCE", "1-Jan-2020", "MODSEQ", "UID", "(", ")", '""', '"x y"',
          "NIL", "(ARRIVAL)", "(REVERSE SUBJECT)", "REFERENCES", "ORDEREDSUBJECT", "(MESSAGES UNSEEN SIZE)",
          "CONDSTORE", "QRESYNC", "IMAP4rev2", "UTF8=ACCEPT", "(SUBSCRIBED RECURSIVEMATCH)", "RETURN (CHILDREN)",
-         "(QRESYNC (1 1))", "CATENATE", "(TEXT", "URL", '"/INBOX/;UID=1"', "PLAIN", "DONE", "%", "&AOk-", "~"]
+         "(QRESYNC (1 1))", "CATENATE", "SET", "STATUS", "(SELECTED (MessageNew MessageExpunge))",
+         "(PERSONAL (MailboxName SubscriptionChange))", "(MAILBOXES INBOX (FlagChange))", "NOTIFY", "(TEXT", "URL", '"/INBOX/;UID=1"', "PLAIN", "DONE", "%", "&AOk-", "~"]
 tokens = st.one_of(st.sampled_from(ATOMS), st.text(max_size=12),
                    st.integers(min_value=0, max_value=2 ** 33).map(str))
 
@@ -64,6 +65,9 @@ class FuzzConn:
 
     def read_line(self):
         return b"DONE\r\n"
+
+    def notifying(self, on):
+        pass
 
     def wait_for_input(self, waker, timeout):
         return "input"

@@ -162,6 +162,7 @@ class Plan:
         self.sets_seen = any(i.sets_seen for i in items)
         self.wants_flags = "FLAGS" in names
         self.wants_modseq = "MODSEQ" in names
+        self.force_modseq = False   # MODSEQ added to every response (CHANGEDSINCE)
 
 
 def internal_date(seconds: int, tz_minutes: int) -> bytes:

@@ -125,6 +125,10 @@ class CommandReader:
             return LITERAL
         return b""
 
+    def peek_bytes(self, n: int) -> bytes:
+        """The next n octets of the current line segment (fewer at its end)."""
+        return self._seg[self.pos:self.pos + n]
+
     def at_end(self) -> bool:
         return self.peek() == b""
 

@@ -71,7 +71,7 @@ class Selected:
         self.told = {}                             # uid -> modseq already in a response
         self.saved = None                          # SEARCHRES result (RFC 5182): UIDs
         self.updates = {}                          # CONTEXT=SEARCH UPDATE: tag -> search
-        self.gone = False                          # the mailbox was deleted
+        self.last_new = []                         # UIDs the latest refresh announced
 
     # ------------------------------------------------------------ lookups
 
@@ -148,6 +148,7 @@ class Selected:
                     lines.append(b"* %d EXPUNGE\r\n" % seq)
         new_at = bisect.bisect_left(view.uids, self.uidnext)
         if new_at < len(view.uids):
+            self.last_new = list(view.uids[new_at:])
             self.uids.extend(view.uids[new_at:])
             self.note_recent(claims, view.uids[-1], rev1)
             lines.append(b"* %d EXISTS\r\n" % len(self.uids))

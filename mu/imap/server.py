@@ -224,6 +224,7 @@ class Connection:
         self.pos = 0
         self.out = []
         self.out_bytes = 0
+        self.notify = False
         set_io_timeouts(sock, self.config.imap_login_timeout_seconds, WRITE_TIMEOUT_SECONDS)
 
     # ------------------------------------------------------------ the session's side
@@ -241,6 +242,10 @@ class Connection:
                 self.sock.sendall(data)
             except (BlockingIOError, ssl.SSLWantWriteError):
                 raise TimeoutError("write timed out") from None
+
+    def notifying(self, on: bool) -> None:
+        """NOTIFY SET (on) or NONE: between commands, wait for mailbox changes too."""
+        self.notify = on
 
     def authenticated(self) -> None:
         set_io_timeouts(self.sock, self.config.imap_timeout_seconds, WRITE_TIMEOUT_SECONDS)
@@ -365,6 +370,8 @@ class Connection:
                 if not self.buffered() or answered >= self.config.imap_max_commands_in_flight:
                     self.flush()
                     answered = 0
+                if self.notify and not self.buffered():
+                    self._wait_notifying(ctx, session)
                 try:
                     parts = self.read_command()
                 except LineTooLong as exc:
@@ -398,6 +405,25 @@ class Connection:
         except Exception as exc:   # a bug must cost one connection, never the server
             log("imap", f"error in session with {self.peer_ip}: {exc!r}")
             self._last_words(b"* BYE " + R.BYE_SERVER_BUG.encode() + b"\r\n")
+
+    def _wait_notifying(self, ctx, session) -> None:
+        """Between commands under NOTIFY (RFC 5465): report changes as they happen until the
+        client sends its next command."""
+        deadline = time.monotonic() + self.config.imap_timeout_seconds
+        with ctx.watch(session.user) as waker:
+            session.notify_between_commands()
+            while self.notify and not session.closing:
+                self.flush()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("idle under NOTIFY")
+                event = self.wait_for_input(waker, left)
+                if event == "input":
+                    return
+                if event == "changed":
+                    waker.clear()
+                    session.notify_between_commands()
+        self.flush()
 
     def _last_words(self, data: bytes) -> None:
         try:

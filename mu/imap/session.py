@@ -23,6 +23,7 @@ from ..log import log
 from ..mailstore import MailStoreError, NoSuchMailbox, TooBig
 from . import fetch as F
 from . import mutf7
+from . import notify as N
 from . import responses as R
 from . import search as S
 from . import sort as SORT
@@ -121,6 +122,8 @@ class Session:
         self.selected = None
         self.enabled = set()
         self.condstore = False
+        self.notify = None          # NOTIFY SET (RFC 5465): a notify.Spec
+        self.notify_seen = None     # the notify.Snapshot last reported
         self.errors = 0
         self.closing = False        # the server closes after writing what is queued
         self.start_tls = False      # the server starts TLS after writing what is queued
@@ -201,6 +204,8 @@ class Session:
             result = method(tag, reader, uid) if name in self._UID_COMMANDS else method(tag, reader)
             if self.state == SELECTED and self.selected is not None and name not in ("IDLE",):
                 self._report(allow_expunge=name not in NO_EXPUNGE_COMMANDS)
+            if self.notify is not None and name != "NOTIFY" and self.state in (AUTHENTICATED, SELECTED):
+                self._notify_report()
             if result is not None:
                 self._tagged(tag, "OK", result)
             self.errors = 0
@@ -957,6 +962,50 @@ class Session:
         removes, adds = self._search_updates(before) if before is not None else ([], [])
         for line in removes + lines + adds:
             self._write(line)
+        if sel.last_new and self.notify is not None and self.notify.fetch_items:
+            # RFC 5465 §5.2: MessageNew's fetch attributes for each new message
+            self._send_fetch(sel.last_new, self.notify.fetch_items, uid=False)
+        sel.last_new = []
+
+    # ------------------------------------------------------------ NOTIFY (RFC 5465)
+
+    def cmd_NOTIFY(self, tag, r):
+        r.sp()
+        if r.maybe(b"NONE"):
+            r.end()
+            self.notify = self.notify_seen = None
+            self.conn.notifying(False)
+            return R.OK_DONE.format(command="NOTIFY")
+        r.expect(b"SET")
+        try:
+            spec = N.parse(r, self._name)
+        except N.NotifyRefused as exc:
+            raise No(f"[{exc.code}] {exc.text}") from None
+        snap = N.snapshot(self.store, self.user)
+        selected = self.selected.name if self.selected is not None else None
+        if spec.status:
+            for line in N.initial_status(spec, snap, selected, self._wire_name, self.condstore):
+                self._write(line)
+        self.notify, self.notify_seen = spec, snap
+        self.conn.notifying(True)
+        return R.OK_DONE.format(command="NOTIFY")
+
+    def _notify_report(self) -> None:
+        snap = N.snapshot(self.store, self.user)
+        selected = self.selected.name if self.selected is not None else None
+        for line in N.changes(self.notify, self.notify_seen, snap, selected, self._wire_name, self.condstore):
+            self._write(line)
+        self.notify_seen = snap
+
+    def notify_between_commands(self) -> None:
+        """Changes reported while no command is in progress (the server calls this when the
+        user's mailboxes changed and NOTIFY is set)."""
+        if self.notify is None or self.state not in (AUTHENTICATED, SELECTED):
+            return
+        if self.selected is not None and self.notify.selected_events:
+            self._report(allow_expunge=self.notify.selected_immediate)
+        if self.notify is not None:
+            self._notify_report()
 
     def cmd_CHECK(self, tag, r):
         r.end()
@@ -1040,7 +1089,7 @@ class Session:
                     if gone:
                         self.untagged(b"VANISHED (EARLIER) " + format_set(gone).encode())
             uids = [u for u in uids if (view.index_of(u) is not None and view.modseq(view.index_of(u)) > since)]
-            plan.wants_modseq = True
+            plan.force_modseq = True   # RFC 7162 §3.1.4.1: CHANGEDSINCE answers with MODSEQ
         seen_now = set()
         if plan.sets_seen and not sel.readonly:
             unseen = [u for u in uids if view.index_of(u) is not None and "\\Seen" not in view.flags(view.index_of(u))]
@@ -1050,6 +1099,16 @@ class Session:
                 for u, (_f, ms) in changed.items():
                     sel.told[u] = ms
                 view = self.store.view(self.user, sel.name)
+        missing = self._send_fetch(uids, items, uid, plan=plan, view=view, seen_now=seen_now)
+        if missing and not uid:
+            raise No(R.NO_EXPUNGEISSUED)
+        return R.OK_DONE.format(command="UID FETCH" if uid else "FETCH")
+
+    def _send_fetch(self, uids, items, uid, plan=None, view=None, seen_now=frozenset()) -> bool:
+        """`* n FETCH` for these messages; True if some were no longer there."""
+        sel = self.selected
+        plan = plan or F.Plan(items)
+        view = view or self.store.view(self.user, sel.name)
         missing = False
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start:start + FETCH_BATCH]
@@ -1059,7 +1118,8 @@ class Session:
             for u in batch:
                 vi = view.index_of(u)
                 info = infos.get(u)
-                if vi is None or (plan.needs_info and info is None):
+                seq = sel.seq_of(u)
+                if vi is None or seq is None or (plan.needs_info and info is None):
                     missing = True
                     continue
                 raw = None
@@ -1072,13 +1132,11 @@ class Session:
                 msg = F.Message(u, flags, view.modseq(vi), view.size(vi), view.internal_date(vi), info, raw)
                 flags_text = format_flags(flags, self.rev1 and sel.is_recent(u))
                 data = F.render(items, msg, flags_text, uid, u in seen_now,
-                                self.condstore and (u in seen_now) and not plan.wants_modseq)
+                                plan.force_modseq or (self.condstore and u in seen_now))
                 if plan.wants_flags or u in seen_now:
                     sel.told[u] = max(sel.told.get(u, 0), view.modseq(vi))
-                self._write(b"* %d FETCH " % sel.seq_of(u) + data + b"\r\n")
-        if missing and not uid:
-            raise No(R.NO_EXPUNGEISSUED)
-        return R.OK_DONE.format(command="UID FETCH" if uid else "FETCH")
+                self._write(b"* %d FETCH " % seq + data + b"\r\n")
+        return missing
 
     # ------------------------------------------------------------ STORE
 
