@@ -123,7 +123,7 @@ SETTINGS = [
     ("IMAPS_PORT", "imaps_port", "1993", _port_or_off, "IMAP over implicit TLS (993 in production); opened only when the certificate is set; `off` to not listen"),
     ("IMAP_MAX_LINE_BYTES", "imap_max_line_bytes", "65536", _int(1024), "longest IMAP command line, bytes, literals not counted"),
     ("IMAP_MAX_LITERAL_BYTES", "imap_max_literal_bytes", "65536", _int(1024), "largest IMAP literal other than an APPENDed message (those are limited by MAIL_MAX_SIZE), bytes"),
-    ("IMAP_MAX_COMMANDS_IN_FLIGHT", "imap_max_commands_in_flight", "64", _int(1, 100000), "pipelined IMAP commands answered before their responses are sent"),
+    ("IMAP_MAX_COMMANDS_IN_FLIGHT", "imap_max_commands_in_flight", "64", _int(1, 100000), "pipelined IMAP commands answered at most before their responses are sent"),
     ("IMAP_LOGIN_TIMEOUT_SECONDS", "imap_login_timeout_seconds", "60", _seconds, "how long an IMAP connection may wait before logging in, seconds"),
     ("IMAP_TIMEOUT_SECONDS", "imap_timeout_seconds", "1800", _seconds, "idle time between commands after login, seconds (RFC 9051 5.4: at least 30 minutes)"),
     ("IMAP_IDLE_TIMEOUT_SECONDS", "imap_idle_timeout_seconds", "1800", _seconds, "longest IDLE before the server says BYE, seconds"),
