@@ -108,6 +108,8 @@ def _tokens(value: bytes, specials: bytes = _SPECIALS) -> list:
     while i < n:
         c = value[i:i + 1]
         if c in b" \t\r\n":
+            if not out or out[-1][0] != "space":
+                out.append(("space", b" "))   # kept so a display name keeps its word breaks
             i += 1
         elif c == b'"':
             j, buf = i + 1, bytearray()
@@ -175,16 +177,17 @@ GROUP_END = Address(None, None, None, None)
 
 
 def _phrase(tokens: list) -> Optional[bytes]:
-    words = [text for kind, text in tokens if kind in ("atom", "quoted", ".")]
-    if not words:
-        return None
-    out = bytearray()
+    """A display name: its words with single spaces where the header had space (or a
+    comment) between them, so "J. Doe" and "J.Doe" stay as written."""
+    out, gap = bytearray(), False
     for kind, text in tokens:
-        if kind == "comment":
-            continue
-        if kind != "." and out:
-            out += b" "
-        out += text   # an obs-phrase dot stays with its word: "J. Doe"
+        if kind in ("space", "comment"):
+            gap = True
+        elif kind in ("atom", "quoted", "."):
+            if out and gap:
+                out += b" "
+            out += text
+            gap = False
     return bytes(out) or None
 
 
@@ -199,7 +202,7 @@ def _addr_spec(tokens: list) -> tuple:
 
 
 def _mailbox(tokens: list) -> Optional[Address]:
-    if not any(kind not in ("comment",) for kind, _ in tokens):
+    if not any(kind not in ("comment", "space") for kind, _ in tokens):
         return None
     if any(kind == "<" for kind, _ in tokens):
         start = next(i for i, t in enumerate(tokens) if t[0] == "<")
@@ -209,7 +212,7 @@ def _mailbox(tokens: list) -> Optional[Address]:
         route = None
         colon = next((i for i, t in enumerate(inner) if t[0] == ":"), -1)
         if colon >= 0:
-            route = b"".join(text for kind, text in inner[:colon] if kind != "comment") or None
+            route = b"".join(text for kind, text in inner[:colon] if kind not in ("comment", "space")) or None
             inner = inner[colon + 1:]
         mailbox, host = _addr_spec(inner)
         if not mailbox and not host and name is None:
@@ -224,10 +227,45 @@ def _mailbox(tokens: list) -> Optional[Address]:
     return Address(name, route, mailbox, host)
 
 
+# The common shapes, read without the tokenizer: `local@domain`, `Name <local@domain>`,
+# `"Name" <local@domain>`, comma-separated. Anything else (comments, groups, routes,
+# escapes, 8-bit) takes the general parser below, which gives the same result for these.
+_ATEXT = rb"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_PLAIN_ITEM = re.compile(
+    rb'[ \t]*(?:(?:"([^"\\\r\n]*)"|([' + _ATEXT + rb'. \t]*?))[ \t]*<([' + _ATEXT + rb'.]+)@([A-Za-z0-9.-]+)>'
+    rb'|([' + _ATEXT + rb'.]+)@([A-Za-z0-9.-]+))[ \t]*')
+
+
+def _plain_addresses(value: bytes):
+    out, pos, n = [], 0, len(value)
+    while True:
+        m = _PLAIN_ITEM.match(value, pos)
+        if not m:
+            return None
+        quoted, phrase, local, domain, bare_local, bare_domain = m.groups()
+        if local is not None:
+            name = (quoted if quoted is not None else b" ".join(phrase.split())) or None
+            out.append(Address(name, None, local, domain))
+        else:
+            out.append(Address(None, None, bare_local, bare_domain))
+        pos = m.end()
+        if pos == n:
+            return out
+        if value[pos:pos + 1] != b",":
+            return None
+        pos += 1
+
+
 def addresses(value: Optional[bytes]) -> list:
     """[Address] of an address-list header value, groups marked as IMAP marks them."""
     if value is None:
         return []
+    plain = _plain_addresses(value.replace(b"\r", b"").replace(b"\n", b""))
+    return plain if plain is not None else _general_addresses(value)
+
+
+def _general_addresses(value: bytes) -> list:
+    """addresses() for any value, through the RFC 5322 tokenizer."""
     out, segment, in_group, angle = [], [], False, 0
     for token in _tokens(value) + [("end", b"")]:
         kind = token[0]
@@ -262,11 +300,18 @@ def _value_or_nil(value: Optional[bytes]) -> Optional[bytes]:
     return None if value is None else unfold(value)
 
 
+_ENVELOPE_FIELDS = frozenset({b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
+                              b"in-reply-to", b"message-id"})
+
+
 def envelope(fields: list) -> bytes:
     """The ENVELOPE of a message from its header fields (RFC 9051 §7.5.2): Sender and
     Reply-To default to From when missing or empty."""
-    def get(name):
-        return first(fields, name)
+    wanted = {}
+    for name, _whole, value in fields:
+        if name in _ENVELOPE_FIELDS and name not in wanted:
+            wanted[name] = value
+    get = wanted.get
 
     from_ = _address_list(get(b"from"))
     sender = _address_list(get(b"sender"))
@@ -294,7 +339,7 @@ def _mime_value(value: Optional[bytes]) -> tuple:
     joined (an encoded parameter keeps its name* and charset'language' prefix)."""
     if value is None:
         return b"", []
-    tokens = [t for t in _tokens(value, b'()<>@,;:\\"/[]?=') if t[0] != "comment"]
+    tokens = [t for t in _tokens(value, b'()<>@,;:\\"/[]?=') if t[0] not in ("comment", "space")]
     i = 0
     main = b""
     if tokens and tokens[0][0] in ("atom", "quoted"):   # type, or type "/" subtype; the rest ignored

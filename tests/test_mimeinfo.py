@@ -61,6 +61,22 @@ def test_envelope_quotes_escape_specials():
     assert '(("Say \\"hi\\"" NIL "a" "b"))' in mimeinfo.describe(raw).envelope
 
 
+_atext = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=6)
+_plain_address = st.one_of(
+    st.builds(lambda a, b, d: f"{a}.{b}@{d}.example", _atext, _atext, st.sampled_from(["x", "mail-1"])),
+    st.builds(lambda n, a: f"{n} <{a}@d.example>", st.text(alphabet="Ab c.", max_size=12), _atext),
+    st.builds(lambda n, a: f'"{n}" <{a}@d.example>', st.text(alphabet="Ab ,;:()<>@.", max_size=12), _atext))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_plain_address, min_size=1, max_size=4), st.sampled_from([", ", ",", " ,\r\n "]))
+def test_plain_address_fast_path_agrees_with_the_full_parser(items, separator):
+    value = separator.join(items).encode()
+    fast = mimeinfo._plain_addresses(value.replace(b"\r\n", b""))
+    assert fast is not None
+    assert fast == mimeinfo._general_addresses(value)
+
+
 # ---------------------------------------------------------------- BODYSTRUCTURE
 
 NESTED = msg(

@@ -25,7 +25,7 @@ from ..log import log
 from . import responses as R
 from .selected import RecentClaims
 from .session import Session
-from .parser import Literal
+from .parser import BadSyntax, Literal
 
 _READ_CHUNK = 65536
 _FLUSH_BYTES = 65536
@@ -36,7 +36,7 @@ _COMMAND_NAME = re.compile(rb"^[^ ]+ (?:UID )?([A-Za-z]+)", re.I)
 LITERAL_HEAD_BYTES = 200        # of an over-long line, kept to find its tag
 
 
-class ClientGone(Exception):
+class ClientGone(ConnectionError):
     pass
 
 
@@ -255,7 +255,7 @@ class Connection:
         self.flush()
         line, too_long, _head = self._readline(self.config.imap_max_line_bytes)
         if too_long:
-            raise LineTooLong(b"*", False)
+            raise BadSyntax(R.BAD_LINE_TOO_LONG)
         return line
 
     def wait_for_input(self, waker, timeout: float) -> str:

@@ -687,9 +687,10 @@ class Session:
         def matches(name):
             return any(p.match(name) for p in compiled)
 
-        def has_children(name, among):
-            prefix = name + "/"
-            return any(n.startswith(prefix) for n in among)
+        parents = {"/".join(n.split("/")[:i]) for n in boxes for i in range(1, n.count("/") + 1)}
+
+        def has_children(name):
+            return name in parents
 
         rows = []
         for name in sorted(names, key=lambda n: (n != "INBOX", n)):
@@ -720,13 +721,13 @@ class Session:
             elif not matches(name):
                 continue
             if not exists:
-                if name not in boxes and not has_children(name, boxes) and not is_sub:
+                if name not in boxes and not has_children(name) and not is_sub:
                     continue
                 attrs.append("\\NonExistent" if extended or not self.rev1 else "\\Noselect")
             if is_sub and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
                 attrs.append("\\Subscribed")
-            if exists or has_children(name, boxes):
-                attrs.append("\\HasChildren" if has_children(name, boxes) else "\\HasNoChildren")
+            if exists or has_children(name):
+                attrs.append("\\HasChildren" if has_children(name) else "\\HasNoChildren")
             if info and info.special_use:
                 attrs.append(info.special_use)
             rows.append((name, attrs, child_info))
