@@ -3,8 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ADDRESS ?= :8080
-# Debian packages the tests drive mu with: swaks; IMAP clients (mbsync, neomutt in tmux) and
-# Dovecot (the benchmark's reference, and its dev files for building imaptest); Postfix (smtp-source/smtp-sink, and private
+# Debian packages the tests drive mu with: swaks; Postfix (smtp-source/smtp-sink, and private
 # instances as a remote MX and as a relay into mu); OpenDKIM checking mu's signatures; Chromium;
 # real-world messages (CPython's email tests, SpamAssassin's samples, enmime's test mail).
 # Each is named by a file it installs, so a machine that has it installs nothing.
