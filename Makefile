@@ -55,7 +55,7 @@ bench: $(VENV)/.dev system-packages
 	$(PY) bench/run.py
 
 fuzz: $(VENV)/.dev
-	MU_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	MU_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_imap_fuzz.py
 
 lint: $(VENV)/.dev
 	$(PY) -m pyflakes mu mu.py tests bench
