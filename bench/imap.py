@@ -13,6 +13,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 
 from mu import mimeinfo
@@ -129,9 +130,11 @@ def _fetch_bodies(port: int, user: str, password: str) -> float:
     return elapsed
 
 
-def _start_dovecot(tmp: str, port: int, messages) -> tuple:
-    """A private Dovecot on 127.0.0.1:port with one Maildir user; (pid, folder)."""
-    folder = os.path.join(tmp, "dovecot")
+def _start_dovecot(port: int, messages) -> tuple:
+    """A private Dovecot on 127.0.0.1:port with one Maildir user; (pid, folder). Its folder is
+    its own, searchable by Dovecot's unprivileged processes (the bench's tmp is 0700)."""
+    folder = tempfile.mkdtemp(prefix="mu-bench-dovecot-")
+    os.chmod(folder, 0o755)
     maildir = os.path.join(folder, "mail", "bench", "Maildir")
     for sub in ("cur", "new", "tmp"):
         os.makedirs(os.path.join(maildir, sub))
@@ -175,7 +178,6 @@ service imap-login {{
   }}
 }}
 """)
-    os.chmod(folder, 0o755)
     subprocess.run(["chown", "-R", "65534:65534", os.path.join(folder, "mail")], check=True)
     subprocess.run(["dovecot", "-c", os.path.join(folder, "dovecot.conf")], check=True)
     pid_file = os.path.join(folder, "run", "master.pid")
@@ -215,7 +217,7 @@ def bench_imap(tmp: str, row, free_port, wait_port) -> None:
     dovecot_pid = None
     if shutil.which("dovecot") and os.geteuid() == 0:
         port = free_port()
-        dovecot_pid, _ = _start_dovecot(tmp, port, messages)
+        dovecot_pid, dovecot_folder = _start_dovecot(port, messages)
         wait_port(port)
     try:
         results = {}
@@ -241,3 +243,4 @@ def bench_imap(tmp: str, row, free_port, wait_port) -> None:
         site.close()
         if dovecot_pid:
             _stop(dovecot_pid)
+            shutil.rmtree(dovecot_folder, ignore_errors=True)

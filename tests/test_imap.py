@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import wait_for
-from imap_site import PASSWORD, IMAPSite, message
+from imap_site import PASSWORD, IMAPSite, free_port, message
 from mu.imap import responses as R
 
 REQUIRED = ("IMAP4rev1 IMAP4rev2 IDLE UIDPLUS MOVE SPECIAL-USE NAMESPACE ID ENABLE UNSELECT CONDSTORE "
@@ -535,7 +535,7 @@ def certificate(tmp_path_factory):
 
 def test_starttls_then_login_and_imaps_with_implicit_tls(tmp_path, certificate):
     cert, key = certificate
-    port = __import__("imap_site").free_port()
+    port = free_port()
     site = IMAPSite(tmp_path, MAIL_TLS_CERT=cert, MAIL_TLS_KEY=key, IMAPS_PORT=f"127.0.0.1:{port}")
     try:
         name = site.add_user("secure")
@@ -622,3 +622,20 @@ def test_notify_refuses_events_it_does_not_support(site, user):
     s.close()
     assert b"b NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]" in data
     assert b"c BAD" in data
+
+
+def test_startup_logs_one_line_per_listener(tmp_path, certificate, capsys):
+    cert, key = certificate
+    plain, tls = free_port(), free_port()
+    site = IMAPSite(tmp_path, IMAP_PORT=str(plain), IMAPS_PORT=f":{tls}", MAIL_TLS_CERT=cert, MAIL_TLS_KEY=key)
+    try:
+        err = capsys.readouterr().err
+        assert f"imap: Starting IMAP server on :{plain}\n" in err
+        assert f"imap: Starting IMAP server on :{tls}\n" in err
+    finally:
+        site.close()
+    site = IMAPSite(tmp_path / "nocert", IMAP_PORT=str(free_port()), IMAPS_PORT=f":{tls}")
+    try:
+        assert len(site.servers) == 1   # IMAPS only with a certificate
+    finally:
+        site.close()

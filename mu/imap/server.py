@@ -611,5 +611,5 @@ def start(config, accounts, store, starttls_context=None) -> list:
         server = IMAPServer(config, context, config.imaps_port, config.imaps_host, implicit_tls=True, tls_context=ctx)
         server.start()
         started.append(server)
-        log("imap", f"Starting IMAPS server on {config.imaps_host}:{server.port}")
+        log("imap", f"Starting IMAP server on {config.imaps_host}:{server.port}")
     return started
