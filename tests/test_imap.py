@@ -639,3 +639,59 @@ def test_startup_logs_one_line_per_listener(tmp_path, certificate, capsys):
         assert len(site.servers) == 1   # IMAPS only with a certificate
     finally:
         site.close()
+
+
+def test_qresync_reports_vanished_and_changed_since_a_modseq(site, user):
+    for i in range(3):
+        site.deliver(user, message(f"q{i}"))
+    s = site.raw_connection()
+    read_until(s, b"\r\n")
+    s.sendall(f"a LOGIN {user} {PASSWORD}\r\nb ENABLE QRESYNC\r\nc SELECT INBOX\r\n".encode())
+    data = read_until(s, b"c OK.*\r\n")
+    uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", data).group(1))
+    modseq = int(re.search(rb"HIGHESTMODSEQ (\d+)", data).group(1))
+    s.sendall(b"d LOGOUT\r\n")
+    s.close()
+    other = site.login(user)
+    ok(other.select("INBOX"))
+    ok(other.store("2", "+FLAGS", "(\\Flagged)"))
+    ok(other.store("1", "+FLAGS", "(\\Deleted)"))
+    ok(other.expunge())
+    s = site.raw_connection()
+    read_until(s, b"\r\n")
+    s.sendall(f"a LOGIN {user} {PASSWORD}\r\nb ENABLE QRESYNC\r\n"
+              f"c SELECT INBOX (QRESYNC ({uidvalidity} {modseq} 1:3))\r\n".encode())
+    data = read_until(s, b"c OK.*\r\n")
+    assert b"* VANISHED (EARLIER) 1\r\n" in data
+    assert re.search(rb"\* 1 FETCH \(UID 2 FLAGS \(\\Flagged[^)]*\) MODSEQ \(\d+\)\)", data)
+    ok(other.store("2", "+FLAGS", "(\\Deleted)"))   # seq 2 there is UID 3
+    ok(other.expunge())
+    s.sendall(b"d NOOP\r\n")
+    data = read_until(s, b"d OK.*\r\n")
+    assert b"* VANISHED 3\r\n" in data and b"EXPUNGE" not in data
+    s.sendall(f"e UID FETCH 1:* (FLAGS) (CHANGEDSINCE {modseq} VANISHED)\r\n".encode())
+    data = read_until(s, b"e OK.*\r\n")
+    assert b"* VANISHED (EARLIER) 1,3\r\n" in data
+    assert re.search(rb"\* 1 FETCH \(UID 2 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)", data)
+    s.close()
+    other.logout()
+
+
+def test_nothing_sent_before_starttls_is_acted_on(tmp_path, certificate):
+    cert, key = certificate
+    site = IMAPSite(tmp_path, MAIL_TLS_CERT=cert, MAIL_TLS_KEY=key)
+    try:
+        name = site.add_user("carol")
+        raw = site.raw_connection()
+        read_until(raw, b"\r\n")
+        raw.sendall(f"a STARTTLS\r\nb LOGIN {name} {PASSWORD}\r\n".encode())
+        assert read_until(raw, b"a OK.*\r\n").endswith(b"a OK Begin TLS negotiation now\r\n")
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        tls = context.wrap_socket(raw, server_hostname="mu.test")
+        tls.sendall(b"c CAPABILITY\r\n")
+        data = read_until(tls, b"c OK.*\r\n")
+        assert b"b OK" not in data and b"b NO" not in data and b"STARTTLS" not in data
+        tls.close()
+    finally:
+        site.close()

@@ -1086,7 +1086,9 @@ class Session:
             if modifiers.get("VANISHED"):
                 expunged, _ = self.store.changes(self.user, sel.name, since)
                 if expunged:
-                    gone = [u for u in expunged if seqset.contains(u, sel.max_uid())]
+                    # "*" here reaches the highest UID ever given, so a client asking 1:*
+                    # hears of messages above today's last one too (RFC 7162 §3.2.6)
+                    gone = [u for u in expunged if seqset.contains(u, max(sel.max_uid(), view.uidnext - 1))]
                     if gone:
                         self.untagged(b"VANISHED (EARLIER) " + format_set(gone).encode())
             uids = [u for u in uids if (view.index_of(u) is not None and view.modseq(view.index_of(u)) > since)]
