@@ -347,6 +347,7 @@ def test_enable_imap4rev2_makes_search_answer_esearch_and_drops_recent(site, use
     s.close()
     assert b"* ENABLED IMAP4rev2" in data
     assert b"RECENT" not in data.split(b"c OK")[0].split(b"b OK")[1]
+    assert b'* LIST (\\HasNoChildren) "/" "INBOX"' in data.split(b"c OK")[0]
     assert b'* ESEARCH (TAG "d") ALL 1' in data
 
 
@@ -571,12 +572,24 @@ def test_fetch_of_many_messages_streams_in_order(site, user):
     imap.logout()
 
 
-def test_session_threads_end_when_clients_leave(site, user):
-    before = threading.active_count()
-    clients = [site.login(user) for _ in range(5)]
-    for c in clients:
-        c.logout()
-    wait_for(lambda: threading.active_count() <= before + 1, message="connection threads to finish")
+def test_connection_threads_are_reused_not_grown(site, user):
+    """Each connection thread accepts again when its client leaves: threads stay at the
+    largest number of clients at once (plus a spare), however many come and go."""
+    def conn_threads():
+        return sum(1 for t in threading.enumerate() if t.name == "imap-conn")
+
+    for _ in range(3):
+        clients = [site.login(user) for _ in range(4)]
+        for c in clients:
+            c.logout()
+    wait_for(lambda: site.server.active() == 0, message="sessions to end")
+    settled = conn_threads()
+    for _ in range(3):
+        clients = [site.login(user) for _ in range(4)]
+        for c in clients:
+            c.logout()
+    wait_for(lambda: site.server.active() == 0, message="sessions to end")
+    assert conn_threads() <= max(settled, 4 + 2)
     with socket.create_connection(("127.0.0.1", site.port)) as s:
         assert read_until(s, b"\r\n").startswith(b"* OK")
 

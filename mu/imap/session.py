@@ -473,6 +473,9 @@ class Session:
                 self.untagged(f"OK [UNSEEN {first_unseen}] First unseen")
         for line in flags_lines(sel.keywords):
             self._write(line)
+        if not self.rev1:   # RFC 9051 §6.3.2: IMAP4rev2's SELECT names the mailbox in a LIST
+            self._list([view.name.encode("utf-8") if self.utf8_names else mutf7.encode(view.name)], b"",
+                       False, set(), set(), None, True)
         self.untagged(f"OK [UIDVALIDITY {view.uidvalidity}] UIDs valid")
         self.untagged(f"OK [UIDNEXT {view.uidnext}] Predicted next UID")
         if self.condstore:
