@@ -22,6 +22,7 @@ from .. import mimeinfo
 from ..log import log
 from ..mailstore import MailStoreError, NoSuchMailbox, TooBig
 from . import fetch as F
+from . import listing as L
 from . import mutf7
 from . import notify as N
 from . import responses as R
@@ -602,18 +603,11 @@ class Session:
     # ------------------------------------------------------------ LIST and LSUB
 
     def _pattern(self, reference: bytes, pattern: bytes):
-        """A compiled LIST pattern: "*" any, "%" any but the delimiter (RFC 9051 §6.3.9)."""
         try:
             text = self._name(reference + pattern) if (reference + pattern) else ""
         except No:
-            return None
-        out = []
-        for ch in text:
-            out.append(".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch))
-        regex = "".join(out)
-        if text[:5].upper() == "INBOX" and (len(text) == 5 or text[5] in "/*%"):
-            regex = "INBOX" + "".join(out[5:])
-        return re.compile(regex + r"\Z", re.S)
+            return None   # not a valid name in this session's encoding: it matches nothing
+        return L.compile_pattern(text)
 
     def cmd_LIST(self, tag, r, lsub=False):
         r.sp()
@@ -677,67 +671,11 @@ class Session:
 
     def _list(self, patterns, reference, lsub, selection, returns, status_items, extended):
         boxes = {m.name: m for m in self.store.mailboxes(self.user)}
-        subscribed = set(self.store.subscriptions(self.user))
-        names = set(boxes)
-        for name in list(names) + list(subscribed):   # parents that exist only as a level
-            parts = name.split("/")
-            for i in range(1, len(parts)):
-                names.add("/".join(parts[:i]))
-        if lsub or "SUBSCRIBED" in selection:
-            names |= subscribed
         compiled = [p for p in (self._pattern(reference, pat) for pat in patterns) if p is not None]
-
-        def matches(name):
-            return any(p.match(name) for p in compiled)
-
-        parents = {"/".join(n.split("/")[:i]) for n in boxes for i in range(1, n.count("/") + 1)}
-
-        def has_children(name):
-            return name in parents
-
-        rows = []
-        for name in sorted(names, key=lambda n: (n != "INBOX", n)):
-            exists = name in boxes
-            is_sub = name in subscribed
-            info = boxes.get(name)
-            attrs = []
-            if lsub:
-                if matches(name) and is_sub:
-                    rows.append((name, [] if exists else ["\\Noselect"], None))
-                elif matches(name) and any(s.startswith(name + "/") for s in subscribed) and not is_sub:
-                    # RFC 3501 §6.3.9: "%" matching a parent of subscribed mailboxes
-                    rows.append((name, ["\\Noselect"], None))
-                continue
-            if "SPECIAL-USE" in selection and not (info and info.special_use):
-                if not ("RECURSIVEMATCH" in selection and matches(name)):
-                    continue
-            child_info = None
-            if "SUBSCRIBED" in selection:
-                if not matches(name):
-                    continue
-                if not is_sub:
-                    if "RECURSIVEMATCH" in selection and any(
-                            s.startswith(name + "/") and not matches(s) for s in subscribed):
-                        child_info = b' ("CHILDINFO" ("SUBSCRIBED"))'
-                    else:
-                        continue
-            elif not matches(name):
-                continue
-            if not exists:
-                if name not in boxes and not has_children(name) and not is_sub:
-                    continue
-                attrs.append("\\NonExistent" if extended or not self.rev1 else "\\Noselect")
-            if is_sub and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
-                attrs.append("\\Subscribed")
-            if exists or has_children(name):
-                attrs.append("\\HasChildren" if has_children(name) else "\\HasNoChildren")
-            if info and info.special_use:
-                attrs.append(info.special_use)
-            rows.append((name, attrs, child_info))
+        request = L.Request(compiled, lsub, selection, returns, nonexistent=extended or not self.rev1)
         verb = b"LSUB" if lsub else b"LIST"
-        for name, attrs, child_info in rows:
-            line = verb + b" (" + " ".join(attrs).encode() + b') "/" ' + self._wire_name(name) + (child_info or b"")
-            self.untagged(line)
+        for name, attrs, extra in L.rows(boxes, set(self.store.subscriptions(self.user)), request):
+            self.untagged(verb + b" (" + " ".join(attrs).encode() + b') "/" ' + self._wire_name(name) + (extra or b""))
             if status_items is not None and name in boxes:
                 self._status_response(name, status_items)
 
