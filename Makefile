@@ -11,6 +11,11 @@ ADDRESS ?= :8080
 # Each is named by a file it installs, so a machine that has it installs nothing.
 TEST_DEBS := \
 	swaks:/usr/bin/swaks \
+	isync:/usr/bin/mbsync \
+	neomutt:/usr/bin/neomutt \
+	tmux:/usr/bin/tmux \
+	dovecot-imapd:/usr/lib/dovecot/imap \
+	dovecot-dev:/usr/lib/dovecot/dovecot-config \
 	postfix:/usr/sbin/smtp-source \
 	chromium:/usr/bin/chromium \
 	openssl:/usr/bin/openssl \
@@ -54,7 +59,7 @@ bench: $(VENV)/.dev system-packages
 	$(PY) bench/run.py
 
 fuzz: $(VENV)/.dev
-	MU_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	MU_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_imap_fuzz.py
 
 lint: $(VENV)/.dev
 	$(PY) -m pyflakes mu mu.py tests bench

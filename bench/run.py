@@ -430,7 +430,7 @@ def main():
     dns = FakeDNS()
     print(f"mu benchmarks on {os.cpu_count()} cores, Python {sys.version.split()[0]}\n", flush=True)
     try:
-        only = sys.argv[1:] or ["store", "smtp", "smtp-idle", "outbound", "web", "scale"]
+        only = sys.argv[1:] or ["store", "smtp", "smtp-idle", "outbound", "web", "imap", "scale"]
         if "store" in only:
             bench_store(tmp)
         if "smtp" in only:
@@ -441,6 +441,10 @@ def main():
             bench_outbound(tmp, dns)
         if "web" in only:
             bench_web(tmp)
+        if "imap" in only:
+            import imap as imap_bench   # bench/imap.py
+            imap_bench.bench_mimeinfo(row)
+            imap_bench.bench_imap(tmp, row, free_port, wait_port)
         if "scale" in only:
             from scale import bench_scale
             bench_scale(tmp, row)

@@ -195,6 +195,12 @@ def serve(config, host: str, port: int) -> int:
     smtp_thread = threading.Thread(target=app.smtp_server.serve_forever, name="smtp", daemon=True)
     smtp_thread.start()
     log("smtp", f"Starting SMTP server (receive only) on {config.smtp_host}:{app.smtp_server.port}")
+    from .imap import server as imap_server
+    try:
+        imap_servers = imap_server.start(config, app.accounts, app.mailstore, app.tls)
+    except OSError as exc:
+        print(f"mu: error: cannot listen for IMAP: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     app.queue.start()
     from .search import _index
     _index(app.mailstore).start()
@@ -247,6 +253,8 @@ def serve(config, host: str, port: int) -> int:
             return max(0.0, min(most, deadline - time.monotonic()))
 
         web.close()
+        for server in imap_servers:
+            server.shutdown()
         # Most of the time goes to sessions mid-transaction; deliveries get what they leave.
         busy = app.smtp_server.drain(timeout=left() * 0.8)
         if busy:

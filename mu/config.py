@@ -42,6 +42,13 @@ def _port(text: str) -> int:
     return _int(1, 65535)(text.strip().rsplit(":", 1)[-1])
 
 
+def _port_or_off(text: str) -> int:
+    """A port as for MAIL_PORT, or `off` (0: not opened)."""
+    if text.strip().lower() == "off":
+        return 0
+    return _port(text)
+
+
 def _listen_host(text: str) -> str:
     host = text.strip().rsplit(":", 1)[0] if ":" in text else ""
     return host.strip("[]")
@@ -245,6 +252,17 @@ SETTINGS = [
     ("MU_JSON_MAX_DEPTH", "json_max_depth", "20", _int(1, 1000), "nesting of arrays and objects in a JSON request body, levels"),
     ("MU_FIELD_MAX_BYTES", "field_max_bytes", "65536", _int(256),
      "one form field or JSON string, bytes, other than a message body or attachment (those: MAIL_MAX_SIZE)"),
+    # IMAP (mu/imap/, docs/configuration.md "IMAP")
+    ("IMAP_PORT", "imap_port", "1143", _port_or_off, "IMAP port (143 in production), STARTTLS when MAIL_TLS_CERT/KEY are set; `off` to not listen"),
+    ("IMAPS_PORT", "imaps_port", "1993", _port_or_off, "IMAP over implicit TLS (993 in production); opened only when the certificate is set; `off` to not listen"),
+    ("IMAP_MAX_LINE_BYTES", "imap_max_line_bytes", "65536", _int(1024), "longest IMAP command line, bytes, literals not counted"),
+    ("IMAP_MAX_LITERAL_BYTES", "imap_max_literal_bytes", "65536", _int(1024), "largest IMAP literal other than an APPENDed message (those are limited by MAIL_MAX_SIZE), bytes"),
+    ("IMAP_MAX_COMMANDS_IN_FLIGHT", "imap_max_commands_in_flight", "64", _int(1, 100000), "pipelined IMAP commands answered at most before their responses are sent"),
+    ("IMAP_LOGIN_TIMEOUT_SECONDS", "imap_login_timeout_seconds", "60", _seconds, "how long an IMAP connection may wait before logging in, seconds"),
+    ("IMAP_TIMEOUT_SECONDS", "imap_timeout_seconds", "1800", _seconds, "idle time between commands after login, seconds (RFC 9051 5.4: at least 30 minutes)"),
+    ("IMAP_IDLE_TIMEOUT_SECONDS", "imap_idle_timeout_seconds", "1800", _seconds, "longest IDLE before the server says BYE, seconds"),
+    ("IMAP_MAX_CONNECTIONS", "imap_max_connections", "500", _int(1, 100000), "concurrent IMAP connections in total (BYE beyond)"),
+    ("IMAP_MAX_CONNECTIONS_PER_IP", "imap_max_connections_per_ip", "20", _int(1, 100000), "concurrent IMAP connections from one client address"),
 ]
 
 
@@ -294,6 +312,18 @@ class Config:
     mime_timeout_seconds: float
     json_max_depth: int
     field_max_bytes: int
+    imap_port: int = 1143
+    imap_host: str = ""
+    imaps_port: int = 1993
+    imaps_host: str = ""
+    imap_max_line_bytes: int = 65536
+    imap_max_literal_bytes: int = 65536
+    imap_max_commands_in_flight: int = 64
+    imap_login_timeout_seconds: float = 60.0
+    imap_timeout_seconds: float = 1800.0
+    imap_idle_timeout_seconds: float = 1800.0
+    imap_max_connections: int = 500
+    imap_max_connections_per_ip: int = 20
 
     @property
     def dkim_key_path(self) -> str:
@@ -316,6 +346,8 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
     values["smtp_host"] = _listen_host(environ.get("MAIL_PORT", ""))
+    values["imap_host"] = _listen_host(environ.get("IMAP_PORT", "")) if values["imap_port"] else ""
+    values["imaps_host"] = _listen_host(environ.get("IMAPS_PORT", "")) if values["imaps_port"] else ""
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ConfigError("MAIL_TLS_CERT: MAIL_TLS_CERT and MAIL_TLS_KEY must be set together")
     return Config(**values)

@@ -378,14 +378,16 @@ class MailStore:
             n = box.msgs[i]
         return self.raw_of(n)
 
-    def search_text(self, user: str, name: str, needle: str, uids=None) -> set:
+    def search_text(self, user: str, name: str, needle: str, uids=None, body_only: bool = False) -> set:
+        """UIDs whose header fields or body text (`body_only`: body text only) hold `needle`,
+        case-insensitively (RFC 9051 §6.4.4 TEXT and BODY)."""
         from .search import text_matches
         with self.store.reading() as state:
             box = self._box(state, user, name)
             wanted = set(uids) if uids is not None else None
             candidates = [(box.uids[i], box.msgs[i]) for i in range(len(box))
                           if wanted is None or box.uids[i] in wanted]
-        hits = text_matches(self, user, needle, {n for _, n in candidates})
+        hits = text_matches(self, user, needle, {n for _, n in candidates}, "body" if body_only else "imap-text")
         return {uid for uid, n in candidates if n in hits}
 
     # ------------------------------------------------------------ changing
@@ -539,9 +541,7 @@ class MailStore:
                     alloc, state, user, dst, src.msgs[i], src.names_for(src.flags[i]), src.dates[i], src.zones[i])
                 records.append(record)
                 pairs.append((uid, new_uid))
-            if move and pairs:
-                if src is dst:
-                    raise BadMailboxName("cannot move messages to the mailbox they are in")
+            if move and pairs:   # (into the same mailbox too: new UIDs, RFC 6851 §3.3)
                 records.append({"op": "mail.expunge", "user": user, "box": src.name,
                                 "uids": encode_uid_set([p[0] for p in pairs]), "modseq": alloc.modseq(src)})
             return records, (dst.uidvalidity, pairs)

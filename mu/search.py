@@ -1,8 +1,10 @@
 """Full-text search: one text file per user, scanned at the speed of `bytes.find`.
 
-    search/<user>.jsonl     one line per message the user was given: [n, "header text",
-                            "body text"], case-folded, on one line
-    search/progress.json    {"next": N}: messages below N are in the files
+    search/<user>.jsonl     one line per message the user was given: [n, "summary",
+                            "body", "headers"], case-folded, each on one line: the summary is
+                            what the web searches besides the body (subject, from, to); the
+                            headers are every header field's decoded value (IMAP TEXT)
+    search/progress.json    {"format": 2, "next": N}: messages below N are in the files
 
 An indexer (a background thread in the server, and any search that finds it behind) reads
 each new message's record and appends its line to the file of every user it was stored
@@ -23,6 +25,9 @@ CHUNK_BYTES = 4 * 1024 * 1024
 MAX_TEXT_CHARS = 256 * 1024
 INDEX_BATCH = 2000
 INDEX_INTERVAL_SECONDS = 1.0
+FORMAT = 2
+# Where a search looks: the web's search, IMAP SEARCH TEXT and BODY (RFC 9051 §6.4.4).
+FIELDS = {"text": (1, 2), "imap-text": (2, 3), "body": (2,)}
 
 
 def _fold(text: str) -> str:
@@ -49,11 +54,20 @@ class SearchIndex:
         return os.path.join(self.folder, "progress.json")
 
     def _read_progress(self) -> int:
+        """Messages below this are indexed; a folder written in another format is emptied."""
         try:
             with open(self._progress_path(), "rb") as f:
-                return int(json.load(f).get("next", 0))
+                progress = json.load(f)
+            if progress.get("format") == FORMAT:
+                return int(progress.get("next", 0))
+        except FileNotFoundError:
+            pass
         except (OSError, ValueError, AttributeError):
-            return 0
+            log("store", f"search: {self._progress_path()} unreadable; indexing again")
+        for name in os.listdir(self.folder):
+            if name.endswith(".jsonl"):
+                os.unlink(os.path.join(self.folder, name))
+        return 0
 
     def _user_path(self, user: str) -> str:
         return os.path.join(self.folder, f"{user}.jsonl")
@@ -96,21 +110,17 @@ class SearchIndex:
                         safeio.write_all(fd, b"".join(chunk))
                     finally:
                         os.close(fd)
-                safeio.write_atomic(self._progress_path(), json.dumps({"next": end}).encode())
+                safeio.write_atomic(self._progress_path(), json.dumps({"format": FORMAT, "next": end}).encode())
                 return end - start
 
     def _line(self, n: int, record: dict) -> tuple:
-        header = " ".join([record.get("subject", ""), record.get("from", ""), record.get("from_name", ""),
-                           record.get("from_addr", "") or "", " ".join(record.get("to", []))])
-        if "body" in record:
-            body = record["body"]
-        elif isinstance(record.get("body_blob"), int):
-            with self.store.reading() as state:
-                first = state.messages.first_blob[n]
-            body = self.store.blob(first + record["body_blob"]).decode("utf-8", "replace")
-        else:
-            body = ""
-        data = json.dumps([n, _fold(header)[:MAX_TEXT_CHARS], _fold(body)[:MAX_TEXT_CHARS]],
+        from . import mimeinfo
+        summary = " ".join([record.get("subject", ""), record.get("from", ""), record.get("from_name", ""),
+                            record.get("from_addr", "") or "", " ".join(record.get("to", []))])
+        raw = self.mailstore.raw_of(n)
+        root = mimeinfo.parse(raw)
+        data = json.dumps([n, _fold(summary)[:MAX_TEXT_CHARS], _fold(mimeinfo.body_text(raw, root))[:MAX_TEXT_CHARS],
+                           _fold(mimeinfo.header_text(root))[:MAX_TEXT_CHARS]],
                           ensure_ascii=False, separators=(",", ":"))
         return record.get("owners", []), data.encode("utf-8") + b"\n"
 
@@ -133,7 +143,9 @@ class SearchIndex:
 
     def scan(self, user: str, needle: str, where: str = "text"):
         """Message numbers whose text holds `needle` (case-insensitively), newest first, each
-        once. `where`: "text" (headers and body), "header" or "body"."""
+        once. `where`: "text" (the web's: subject, from, to and body), "imap-text" (every
+        header field and the body) or "body"."""
+        fields = FIELDS[where]
         self.catch_up()
         pattern = _encoded(needle)
         folded = _fold(needle)
@@ -164,11 +176,11 @@ class SearchIndex:
                     line_end = data.find(b"\n", i)
                     line_end = len(data) if line_end < 0 else line_end
                     try:
-                        n, header, body = json.loads(data[line_start:line_end])
-                    except ValueError:
-                        n = None
-                    if n is not None and n not in seen and (
-                            (where != "body" and folded in header) or (where != "header" and folded in body)):
+                        line = json.loads(data[line_start:line_end])
+                        n = line[0]
+                    except (ValueError, IndexError):
+                        line, n = None, None
+                    if n is not None and n not in seen and any(folded in line[f] for f in fields if f < len(line)):
                         hits.append(n)
                         seen.add(n)
                     i = data.find(pattern, line_end)
@@ -190,6 +202,6 @@ def search_user(mailstore, user: str, needle: str):
     return _index(mailstore).scan(user, needle)
 
 
-def text_matches(mailstore, user: str, needle: str, candidates: set, where: str = "text") -> set:
+def text_matches(mailstore, user: str, needle: str, candidates: set, where: str = "imap-text") -> set:
     """Which of `candidates` (message numbers) match."""
     return {n for n in _index(mailstore).scan(user, needle, where) if n in candidates}
