@@ -91,7 +91,7 @@ _LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
 class MailboxIndex:
     __slots__ = ("name", "special_use", "uidvalidity", "uidnext", "highestmodseq", "keywords",
                  "_keyword_bits", "uids", "msgs", "flags", "modseqs", "dates", "zones",
-                 "unseen", "log", "log_horizon")
+                 "unseen", "total_size", "log", "log_horizon")
 
     def __init__(self, name: str, uidvalidity: int, special_use: str = ""):
         self.name = name
@@ -108,6 +108,7 @@ class MailboxIndex:
         self.dates = array("q")       # internal date, Unix seconds
         self.zones = array("h")       # its zone, minutes east of UTC
         self.unseen = 0
+        self.total_size = 0           # octets of its messages (STATUS SIZE), kept by the State
         self.log = []                 # (modseq, uid, expunged?) newest last
         self.log_horizon = 1          # the log holds every change with modseq > this
 
@@ -249,7 +250,7 @@ class MailboxIndex:
         from .columns import encode_column
         return {"name": self.name, "special_use": self.special_use, "uidvalidity": self.uidvalidity,
                 "uidnext": self.uidnext, "highestmodseq": self.highestmodseq, "keywords": self.keywords,
-                "unseen": self.unseen,
+                "unseen": self.unseen, "total_size": self.total_size,
                 "columns": {attr: encode_column(getattr(self, attr))
                             for attr in ("uids", "msgs", "flags", "modseqs", "dates", "zones")}}
 
@@ -265,4 +266,5 @@ class MailboxIndex:
         for attr, encoded in data["columns"].items():
             setattr(box, attr, decode_column(encoded))
         box.unseen = sum(1 for mask in box.flags if not mask & SEEN) if "unseen" not in data else data["unseen"]
+        box.total_size = data.get("total_size")   # None: the State sums it from its sizes
         return box

@@ -238,8 +238,7 @@ class MailStore:
     @staticmethod
     def _info(um, box, sizes) -> MailboxInfo:
         return MailboxInfo(box.name, box.special_use, box.name in um.subscriptions, box.uidvalidity,
-                           box.uidnext, box.highestmodseq, len(box), box.unseen,
-                           sum(sizes[n] for n in box.msgs) if len(box) < 100000 else -1)
+                           box.uidnext, box.highestmodseq, len(box), box.unseen, box.total_size)
 
     def mailboxes(self, user: str) -> list:
         with self.store.reading() as state:

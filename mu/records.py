@@ -13,9 +13,8 @@ message and the record names them by their index among those (`"raw_blob": 0`). 
     imap {envelope, bodystructure, body} (the FETCH strings, computed once)
 """
 
-import json
 
-from . import mime
+from . import mime, safeio
 
 INLINE_BODY_CHARS = 1024
 SNIPPET_CHARS = 160
@@ -88,7 +87,7 @@ class NewMessage:
             self.record["imap"] = description
 
     def meta_bytes(self) -> bytes:
-        return json.dumps(self.record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return safeio.json_bytes(self.record)
 
 
 def from_parsed(parsed: dict, raw: bytes, kind: str, owners, created_at: float, extra: dict = None) -> NewMessage:

@@ -60,8 +60,18 @@ def write_atomic(path: str, data: bytes) -> None:
     fsync_dir(folder)
 
 
+def json_bytes(value) -> bytes:
+    """Compact JSON in UTF-8; text holding lone surrogates (bytes that were not UTF-8, kept
+    by surrogateescape) is written with \\u escapes instead, which read back the same."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
 def write_json_atomic(path: str, value) -> None:
-    write_atomic(path, json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    write_atomic(path, json_bytes(value))
 
 
 def open_append(path: str) -> int:

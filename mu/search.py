@@ -31,7 +31,10 @@ FIELDS = {"text": (1, 2), "imap-text": (2, 3), "body": (2,)}
 
 
 def _fold(text: str) -> str:
-    return " ".join(str(text or "").casefold().split())
+    """Case-folded, runs of white space made one space, and UTF-8 (bytes that were not UTF-8,
+    kept as lone surrogates, become "?")."""
+    folded = " ".join(str(text or "").casefold().split())
+    return folded if folded.isascii() else folded.encode("utf-8", "replace").decode("utf-8")
 
 
 def _encoded(needle: str) -> bytes:

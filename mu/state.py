@@ -270,7 +270,17 @@ class State:
                 um.boxes[index.name] = index
         for name, user in state.users.items():   # a user always has the default mailboxes
             state._ensure_default_mailboxes(name, user.get("created_at", 0))
+        state.sum_sizes(only_unknown=True)
         return state
+
+    def sum_sizes(self, only_unknown: bool = False) -> None:
+        """Each mailbox's total size, from its messages' sizes (a store written before it was
+        kept, or an upgrade)."""
+        sizes = self.messages.size
+        for um in self.mail.values():
+            for box in um.boxes.values():
+                if not only_unknown or box.total_size is None:
+                    box.total_size = sum(sizes[n] for n in box.msgs)
 
     # ------------------------------------------------------------ helpers
 
@@ -398,6 +408,7 @@ class State:
         if box is None or r["uid"] < box.uidnext:
             return
         box.add(r["uid"], r["n"], box.bits_for(r.get("flags", ())), r["modseq"], r.get("date", 0), r.get("zone", 0))
+        box.total_size += self.messages.size[r["n"]]
         self._touch(r["user"])
 
     def _op_mail_flags(self, r):
@@ -411,7 +422,8 @@ class State:
         box = self.mailbox(r["user"], r["box"])
         if box is None:
             return
-        box.remove(decode_uid_set(r["uids"]), r["modseq"])
+        gone = box.remove(decode_uid_set(r["uids"]), r["modseq"])
+        box.total_size -= sum(self.messages.size[n] for n in gone)
         self._touch(r["user"])
 
     # -- mailboxes

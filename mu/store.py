@@ -221,7 +221,7 @@ class Store:
         folded = 0
         for n, fields, pos in todo:
             record = dict(self.meta_at(pos, self.state.messages.meta_len[n], cache=False), **fields)
-            meta = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            meta = safeio.json_bytes(record)
 
             def build(state, written, n=n, fields=fields, pos=pos):
                 if state.messages.meta_pos[n] != pos or state.overlay.get(n) != fields:
@@ -311,7 +311,7 @@ class Store:
                         for record in records:
                             self._seq += 1
                             record["seq"] = self._seq
-                            lines.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+                            lines.append(safeio.json_bytes(record))
                             # Applied now so later tickets in the batch see it; undone by
                             # a reload below if the write fails.
                             self.state.apply(record)
@@ -335,7 +335,7 @@ class Store:
     def _append_lines(self, lines) -> None:
         """Append to the journal (caller holds the writer flock and has just caught up,
         so `_journal_ino` is the journal's current inode)."""
-        data = ("\n".join(lines) + "\n").encode("utf-8")
+        data = b"\n".join(lines) + b"\n"
         fd = self._journal_fd
         if fd is None or self._journal_fd_ino != self._journal_ino:
             if fd is not None:

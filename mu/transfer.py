@@ -262,6 +262,7 @@ class Importer:
         self.imported = self.skipped = self.failed = 0
         self.bytes = 0
         self._present = {}      # mailbox name -> content hashes already in it
+        self._mailboxes = {}    # mailbox name as the source gives it -> as stored
         self._batch, self._batch_bytes = [], 0
 
     def _mailbox_for(self, source: Source) -> str:
@@ -269,6 +270,11 @@ class Importer:
 
     def _ensure_mailbox(self, name: str) -> str:
         """The mailbox (created, with its parents, when missing); its stored name."""
+        if name not in self._mailboxes:
+            self._mailboxes[name] = self._find_or_create(name)
+        return self._mailboxes[name]
+
+    def _find_or_create(self, name: str) -> str:
         try:
             return self.mailstore.mailbox(self.user, name).name
         except MailStoreError:

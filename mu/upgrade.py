@@ -136,7 +136,7 @@ def _convert(store, legacy: dict) -> tuple:
             blob_lists.append(blobs)
             new_raws.append(raw)
         built = store.blobs.append([r for r in new_raws if r is not None])
-        metas = store.meta.append([json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        metas = store.meta.append([safeio.json_bytes(r)
                                    for r in records])
         for msg, record, blobs, raw, meta in zip(batch, records, blob_lists, new_raws, metas):
             if raw is not None:
@@ -158,6 +158,7 @@ def _convert(store, legacy: dict) -> tuple:
                 index.add(index.uidnext, n, SEEN if box.get("read") else 0, index.highestmodseq + 1,
                           int(msg.get("created_at", 0)), 0)
     state.queue = legacy["queue"]
+    state.sum_sizes()
     return state, len(ids)
 
 

@@ -293,8 +293,10 @@ class Mu:
         self.home = home
         self.web_port = free_port()
         self.smtp_port = free_port()
+        self.imap_port = free_port()
         self.env = dict(os.environ)
         self.env.update({"MU_HOME": home, "MAIL_PORT": str(self.smtp_port), "MAIL_DOMAIN": "mu.test",
+                         "IMAP_PORT": str(self.imap_port), "IMAPS_PORT": "off",
                          "MAIL_RATE_CONNECTIONS": "100000", "MAIL_RATE_MESSAGES": "100000",
                          "PYTHONUNBUFFERED": "1"})
         self.env.update(env or {})
@@ -326,6 +328,9 @@ class Mu:
                 break
             self.web_port, self.smtp_port = free_port(), free_port()
             self.env["MAIL_PORT"] = str(self.smtp_port)
+            if self.env.get("IMAP_PORT") == str(self.imap_port):
+                self.imap_port = free_port()
+                self.env["IMAP_PORT"] = str(self.imap_port)
         raise RuntimeError("mu exited: " + "".join(self.log_lines))
 
     def _pump(self, proc):

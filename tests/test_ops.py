@@ -214,7 +214,7 @@ def starttls_serial(port: int) -> int:
 
 
 def serve_once(tmp_path, **env):
-    env = {"MU_HOME": str(tmp_path / "home"), "MAIL_PORT": str(free_port()), **env}
+    env = {"MU_HOME": str(tmp_path / "home"), "MAIL_PORT": str(free_port()), "IMAP_PORT": str(free_port()), **env}
     return run(env, "--address", f"127.0.0.1:{free_port()}")
 
 

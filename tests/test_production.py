@@ -334,7 +334,7 @@ def test_single_file_build_runs_in_fresh_folder(tmp_path):
     exe.write_bytes(open(os.path.join(ROOT, "dist", "mu"), "rb").read())
     exe.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MU_HOME": str(tmp_path / "data"),
-           "MAIL_PORT": str(free_port()), "MAIL_RATE_CONNECTIONS": "1000"}
+           "MAIL_PORT": str(free_port()), "IMAP_PORT": str(free_port()), "MAIL_RATE_CONNECTIONS": "1000"}
     out = subprocess.run([str(exe), "users", "add", "alice"], input="password1\n", env=env, cwd=tmp_path,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
