@@ -211,16 +211,27 @@ def _stop(pid: int) -> None:
 
 
 def bench_imap(tmp: str, row, free_port, wait_port) -> None:
-    from imap_site import IMAPSite, PASSWORD
-    import pathlib
+    from conftest import Mu
+    from mu import config as config_mod
+    from mu.mailstore import MailStore
+    from mu.records import from_raw
+    from mu.store import Store
 
     print(f"IMAP: mu and Dovecot on the same {MAILBOX_SIZE:,}-message mailbox (median of {ROUNDS})", flush=True)
     messages = [_message(i) for i in range(MAILBOX_SIZE)]
-    site = IMAPSite(pathlib.Path(tmp) / "imap")
-    site.add_user("bench")
-    for raw in messages:
-        site.deliver("bench", raw)
-    store_kind = "in-memory store" if type(site.store).__name__ == "MemoryMailStore" else "mu's store"
+    PASSWORD = "password1"
+    site = Mu(os.path.join(tmp, "imap"), {"MAIL_DOMAIN": "mu.test"})
+    site.add_user("bench", password=PASSWORD)
+    store = Store(site.home)   # filled before the server starts, as `mu.py import` would
+    ms = MailStore(store, config_mod.load({"MU_HOME": site.home, "MAIL_DOMAIN": "mu.test"}))
+    for start in range(0, MAILBOX_SIZE, 1000):
+        ms.store_messages([(from_raw(raw, "imported", ["bench"], 1_700_000_000 + i),
+                            [("bench", "INBOX", [], 1_700_000_000 + i, 0)])
+                           for i, raw in enumerate(messages[start:start + 1000], start)])
+    del ms, store
+    site.start()
+    site.port = site.imap_port
+    store_kind = "mu.py --serve, its store"
     dovecot_pid = None
     if shutil.which("dovecot") and os.geteuid() == 0:
         port = free_port()
@@ -247,7 +258,7 @@ def bench_imap(tmp: str, row, free_port, wait_port) -> None:
                 row(f"Dovecot: {label}", f"{dc_t * 1000:.0f}", "ms", "maildir, indexed")
                 row("ratio mu / Dovecot", f"{mu_t / dc_t:.2f}", "x", "target ≤ 2")
     finally:
-        site.close()
+        site.stop()
         if dovecot_pid:
             _stop(dovecot_pid)
             shutil.rmtree(dovecot_folder, ignore_errors=True)

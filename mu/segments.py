@@ -176,6 +176,17 @@ class Segments:
                 os.close(fd)
             self._readers.clear()
 
+    def close(self) -> None:
+        """Close every descriptor this object holds (it reopens what it needs if used again)."""
+        self.forget_current()
+        self.close_readers()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
     # ------------------------------------------------------------ reclaiming
 
     def copy_to_new(self, positions) -> dict:

@@ -106,6 +106,22 @@ class Store:
             with self._mu:
                 self._load_all(truncate_torn=False, snapshot=loaded)
 
+    def close(self) -> None:
+        """Close the store's descriptors (a command or test done with it; the server never does)."""
+        self.blobs.close()
+        self.meta.close()
+        for attr in ("_journal_fd", "_writer_lock_fd"):
+            fd = getattr(self, attr, None)
+            if fd is not None:
+                setattr(self, attr, None)
+                os.close(fd)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
     # ---------------------------------------------------------------- loading
 
     def _read_snapshot(self) -> tuple:

@@ -151,7 +151,9 @@ class SMTPClient:
     def answered_within(self, seconds: float) -> bool:
         """Whether the server sends something (or closes) within `seconds`; call it only
         with no reply left unread."""
-        return bool(select.select([self.sock], [], [], seconds)[0])
+        poller = select.poll()   # (select() cannot watch descriptors above 1023)
+        poller.register(self.sock, select.POLLIN | select.POLLHUP)
+        return bool(poller.poll(seconds * 1000))
 
     def closed(self) -> bool:
         """The server closed the connection, with nothing more to say."""
