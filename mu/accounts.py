@@ -323,7 +323,10 @@ class Accounts:
             throttle.by_account.count(account)
             throttle.by_address.count(client)
             return None
-        throttle.by_account.forget(account)
+        if credential[0] == "password":
+            # Only the password ends its lock: a phone logging in with an app password every
+            # few minutes would otherwise give someone guessing the password fresh tries.
+            throttle.by_account.forget(account)
         return dict(user, credential=credential[0], credential_hash=credential[1])
 
     def still_valid(self, user: dict) -> bool:

@@ -481,3 +481,27 @@ def test_blocked_client_address_greeted_554(make_site):
     assert code == 554 and "sender blocked" in text
     assert client.command(b"EHLO x")[0] == 503
     client.close()
+
+
+def test_store_failure_answers_451_keeps_nothing_and_the_retry_is_stored_once(make_site, monkeypatch):
+    """A full disk at the end of DATA: a transient reply (the client keeps the message and
+    tries again), no credit taken, nothing queued or half stored."""
+    import errno
+    from mu import safeio
+    site = make_site(CREDIT_COST_EMAIL="4")
+    client = logged_in(site)
+    real = safeio.sync_appended
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safeio, "sync_appended", disk_full)
+    rcpts = ["carol@example.org", "bob@mu.test"]
+    assert transaction(client, "alice@mu.test", rcpts, MESSAGE)[-1] == 451 and "4.3.0" in client.last_text
+    monkeypatch.setattr(safeio, "sync_appended", real)
+    assert site.app.accounts.get("alice")["credits"] == 10 and not site.app.store.state.queue
+    assert box(site, "alice", "Sent").total == 0 and box(site, "bob", "INBOX").total == 0
+    assert transaction(client, "alice@mu.test", rcpts, MESSAGE)[-1] == 250
+    client.close()
+    assert site.app.accounts.get("alice")["credits"] == 6 and len(site.app.store.state.queue) == 1
+    assert box(site, "alice", "Sent").total == 1 and box(site, "bob", "INBOX").total == 1
