@@ -69,6 +69,7 @@ def test_settings_page_creates_an_app_password_shown_once(site):
     login(site, "alice")
     page = site.web.request("GET", "/settings")
     assert "App passwords" in page.text and "No app passwords yet" in page.text
+    assert "port 1587 (this server has no TLS certificate" in page.text   # where apps send, and how
     assert '<label for="app-password-label">Device</label>' in page.text
     resp = site.web.request("POST", "/settings/app-passwords", form={"csrf": csrf_of(page), "label": "Phone"})
     assert resp.status == 201 and resp.headers["cache-control"] == "no-store"

@@ -52,17 +52,10 @@ They work only in mail apps; this site takes your account password only.</p>
   <button type="submit" class="primary">Create app password</button>
 </form>
 % c = client_settings
-<p class="hint">Outgoing mail (SMTP): server <code>{{c['host']}}</code>,
-% if c['submission_port']:
-port <code>{{c['submission_port']}}</code> with {{'STARTTLS' if c['tls'] else 'no encryption (this server has no TLS certificate: only from this machine)'}}
+% if c['ports']:
+<p class="hint">Sending mail (SMTP) from an app: server <code>{{c['host']}}</code>, {{' or '.join(c['ports'])}};
+normal password (PLAIN or LOGIN).</p>
 % end
-% if c['submissions_port']:
-{{'or ' if c['submission_port'] else ''}}port <code>{{c['submissions_port']}}</code> with SSL/TLS
-% end
-% if not c['submission_port'] and not c['submissions_port']:
-not offered on this server
-% end
-; password authentication (PLAIN or LOGIN).</p>
 </section>
 <section class="card">
 <h2>API tokens</h2>

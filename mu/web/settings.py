@@ -25,11 +25,15 @@ def install(web, app):
                       when=when, **values)
 
     def client_settings() -> dict:
-        """What a mail client is told to use (shown beside app passwords)."""
+        """What a mail app is told to use for sending (shown beside app passwords)."""
         config = app.config
-        return {"host": config.domain, "submission_port": config.submission_port,
-                "submissions_port": config.submissions_port if config.tls_enabled else None,
-                "tls": config.tls_enabled}
+        ports = []
+        if config.submission_port:
+            ports.append(f"port {config.submission_port} with STARTTLS" if config.tls_enabled else
+                         f"port {config.submission_port} (this server has no TLS certificate: from its own machine only)")
+        if config.submissions_port and config.tls_enabled:
+            ports.append(f"port {config.submissions_port} with SSL/TLS")
+        return {"host": config.domain, "ports": ports}
 
     @web.get("/settings")
     def settings():
