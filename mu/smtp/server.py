@@ -279,7 +279,7 @@ class Slots:
                 self.stressed = True
                 self.timeout = self.stress_timeout
                 log(self.log_name, f"under stress: {self.open} of {self.total} connections open;"
-                            f" timeouts down to {self.stress_timeout:g} s")
+                                   f" timeouts down to {self.stress_timeout:g} s")
         return None
 
     def give_back(self, ip: str) -> None:
