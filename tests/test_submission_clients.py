@@ -82,6 +82,8 @@ def test_startup_logs_both_submission_ports(mu):
     log = mu.log()
     assert f"submission: Starting submission server on :{mu.submission_port}\n" in log
     assert f"submission: Starting submission server on :{mu.submissions_port}\n" in log
+    health = mu.http("GET", "/healthz").json()
+    assert health["submission_ports"] == [mu.submission_port, mu.submissions_port]
 
 
 def test_port_off_is_not_opened_and_implicit_tls_needs_a_certificate(make_mu):
@@ -226,3 +228,21 @@ def test_smtplib_not_enough_credits_says_so(mu):
     code, text = refused.value.recipients["carol@far.example"]
     assert code == 554 and b"Not enough credits" in text
     assert credits(mu, token) == 3 and inbox(mu, token, "sent") == []
+
+
+def test_app_password_revoked_by_the_cli_is_refused_at_once_by_the_running_server(mu):
+    name, token = account(mu)
+    app_password = mu.cli("users", "app-password", name, "--label", "old phone").stdout.strip()
+    message = f"From: {name}@mu.test\r\nSubject: before\r\n\r\nhi\r\n"
+    with smtplib.SMTP("127.0.0.1", mu.submission_port, timeout=20) as client:
+        client.login(name, app_password)
+        client.sendmail(f"{name}@mu.test", [f"{name}@mu.test"], message)
+        assert mu.cli("users", "app-password", name, "--revoke", "Old Phone").returncode == 0
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.sendmail(f"{name}@mu.test", [f"{name}@mu.test"], message.replace("before", "after"))
+        assert refused.value.smtp_code == 530
+    with smtplib.SMTP("127.0.0.1", mu.submission_port, timeout=20) as client:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            client.login(name, app_password)
+        assert failed.value.smtp_code == 535
+    assert [m["subject"] for m in inbox(mu, token)] == ["before"]
