@@ -10,6 +10,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from email.message import EmailMessage
 
@@ -86,12 +87,23 @@ def test_startup_logs_both_submission_ports(mu):
     assert health["submission_ports"] == [mu.submission_port, mu.submissions_port]
 
 
-def test_port_off_is_not_opened_and_implicit_tls_needs_a_certificate(make_mu):
+def test_port_off_is_not_opened_and_implicit_tls_needs_a_certificate(make_mu, tmp_path):
     server = make_mu(SUBMISSION_PORT="off")
     assert "Starting submission server" not in server.log()
-    for port in (server.submissions_port,):   # no certificate: the implicit TLS port stays shut too
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with pytest.raises(OSError):   # no certificate: the implicit TLS port stays shut too
+        socket.create_connection(("127.0.0.1", server.submissions_port), timeout=2).close()
+    cert, key = self_signed_certificate(str(tmp_path), "mu.test")
+    server = make_mu(SUBMISSIONS_PORT="off", MAIL_TLS_CERT=cert, MAIL_TLS_KEY=key)
+    assert server.log().count("submission: Starting submission server on") == 1
+    assert f"on :{server.submission_port}\n" in server.log()
+
+
+def test_malformed_submission_port_is_a_one_line_error(tmp_path):
+    for value in ("abc", "0", "70000", "of"):
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "mu.py")], capture_output=True, text=True, timeout=30,
+                             env=dict(os.environ, MU_HOME=str(tmp_path / "home"), SUBMISSION_PORT=value))
+        assert out.returncode == 2 and out.stderr.startswith("mu: error: SUBMISSION_PORT: "), value
+        assert len(out.stderr.splitlines()) == 1 and not (tmp_path / "home").exists()
 
 
 def test_idle_session_gets_421_at_shutdown(make_mu):
