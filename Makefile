@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ADDRESS ?= :8080
-# Debian packages the tests drive mu with: swaks; Postfix (smtp-source/smtp-sink, and private
+# Debian packages the tests drive mu with: swaks and msmtp (submitting mail); Postfix (smtp-source/smtp-sink, and private
 # instances as a remote MX and as a relay into mu); OpenDKIM checking mu's signatures; Chromium;
 # real-world messages (CPython's email tests, SpamAssassin's samples, enmime's test mail).
 # The interop tier (tests/interop.py) also needs openssl for its certificates, libunbound for
@@ -16,6 +16,7 @@ TEST_DEBS := \
 	tmux:/usr/bin/tmux \
 	dovecot-imapd:/usr/lib/dovecot/imap \
 	dovecot-dev:/usr/lib/dovecot/dovecot-config \
+	msmtp:/usr/bin/msmtp \
 	postfix:/usr/sbin/smtp-source \
 	chromium:/usr/bin/chromium \
 	openssl:/usr/bin/openssl \

@@ -1,7 +1,7 @@
 """Process wiring: build every component from the config and run them in one process.
 
-Threads: the web server (Waitress, main thread), the SMTP listener, the outbound queue
-scheduler and workers, the rate-limit sweeper, and the store's chores (compaction, blob
+Threads: the web server (Waitress, main thread), the SMTP listener, the submission
+listeners, the outbound queue scheduler and workers, the rate-limit sweeper, and the store's chores (compaction, blob
 reclamation).
 """
 
@@ -15,7 +15,7 @@ import threading
 import time
 
 from . import runas, safeio, tls
-from .accounts import Accounts
+from .accounts import Accounts, LoginThrottle
 from .blocklist import Blocklist
 from .chores import StoreChores
 from .delivery.queue import DeliveryQueue
@@ -64,7 +64,7 @@ class App:
         self.config = config
         safeio.ensure_dir(config.home)
         self.store = Store(config.home)
-        self.accounts = Accounts(self.store)
+        self.accounts = Accounts(self.store, config.domain, LoginThrottle(config.login_failures_per_address))
         self.mailstore = MailStore(self.store, config)
         self.mailbox = Mailbox(self.store, config, self.accounts, self.mailstore)
         self.blocklist = Blocklist(config.home)
@@ -75,6 +75,7 @@ class App:
         self.message_limiter = RateLimiter(config.rate_messages_per_day, 86400)
         self.queue = DeliveryQueue(config, self.store, self.mailbox, self.resolver, self.signer, self.events)
         self.smtp_server = None
+        self.submission_servers = []   # SUBMISSION_PORT, SUBMISSIONS_PORT: one receiver between them
         self.tls = None          # tls.ReloadingContext when MAIL_TLS_CERT/KEY are set
         self.setup_code = None   # while no admin exists: the one-time code of the admin sign-up link
         self.started_at = time.time()
@@ -157,12 +158,33 @@ def _offer_admin_setup(app, host: str, port: int) -> None:
                f"(or run: {runas.command_name()} users add NAME --admin)")
 
 
+def _submission_listeners(app, config) -> list:
+    """The message submission listeners (mu/smtp/submission.py), bound but not started:
+    SUBMISSION_PORT, and SUBMISSIONS_PORT (implicit TLS) when there is a certificate.
+    OSError names the port that could not be had."""
+    from .smtp.server import Receiver, SMTPServer
+    from .smtp.submission import SubmissionPolicy, SubmissionSession
+    policy = SubmissionPolicy(config, app.mailbox, app.accounts, app.blocklist, app.queue, events=app.events)
+    receiver = Receiver(config, policy, app.tls, session_class=SubmissionSession, log_name="submission")
+    servers = []
+    for port, host, implicit_tls in ((config.submission_port, config.submission_host, False),
+                                     (config.submissions_port, config.submissions_host, True)):
+        if port is None or (implicit_tls and app.tls is None):
+            continue
+        try:
+            servers.append(SMTPServer(config, policy, host=host, port=port, tls_context=app.tls, receiver=receiver,
+                                      implicit_tls=implicit_tls))
+        except OSError as exc:
+            raise OSError(f"cannot listen for submission on port {port}: {exc.strerror or exc}") from None
+    return servers
+
+
 def serve(config, host: str, port: int) -> int:
     import waitress
 
     from . import backstop
     from .smtp.policy import ReceivePolicy
-    from .smtp.server import THREAD_STACK_BYTES, SMTPServer
+    from .smtp.server import THREAD_STACK_BYTES, SMTPServer, drain_all
     from .web import make_web_app
 
     # The watcher that makes SIGTERM always work (mu/backstop.py), and before any thread
@@ -192,6 +214,11 @@ def serve(config, host: str, port: int) -> int:
     except OSError as exc:
         print(f"mu: error: cannot listen for SMTP on port {config.smtp_port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    try:
+        app.submission_servers = _submission_listeners(app, config)
+    except OSError as exc:
+        print(f"mu: error: {exc}", file=sys.stderr)
+        return 1
     smtp_thread = threading.Thread(target=app.smtp_server.serve_forever, name="smtp", daemon=True)
     smtp_thread.start()
     log("smtp", f"Starting SMTP server (receive only) on {config.smtp_host}:{app.smtp_server.port}")
@@ -201,6 +228,12 @@ def serve(config, host: str, port: int) -> int:
     except OSError as exc:
         print(f"mu: error: cannot listen for IMAP: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    for server in app.submission_servers:
+        threading.Thread(target=server.serve_forever, name="submission", daemon=True).start()
+        shown_host = config.submissions_host if server.implicit_tls else config.submission_host
+        log("submission", f"Starting submission server on {shown_host}:{server.port}")
+    if app.submission_servers and app.tls is None:
+        log("submission", "no TLS certificate (MAIL_TLS_CERT, MAIL_TLS_KEY): only clients on this machine can log in")
     app.queue.start()
     from .search import _index
     _index(app.mailstore).start()
@@ -256,7 +289,7 @@ def serve(config, host: str, port: int) -> int:
         for server in imap_servers:
             server.shutdown()
         # Most of the time goes to sessions mid-transaction; deliveries get what they leave.
-        busy = app.smtp_server.drain(timeout=left() * 0.8)
+        busy = drain_all([app.smtp_server, *app.submission_servers], timeout=left() * 0.8)
         if busy:
             log("smtp", f"{busy} sessions still busy; stopping without them (nothing they hold was acknowledged)")
         app.queue.stop(timeout=left(config.outbound_timeout_seconds))

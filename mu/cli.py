@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     tok_action.add_argument("--list", action="store_true",
                             help="list the user's tokens: ID CREATED LAST-USED (never the tokens themselves)")
     tok_action.add_argument("--revoke", metavar="ID", help="revoke the token with this id (from --list)")
+    app_pw = users.add_parser("app-password", help="print a new app password for a mail client (IMAP, "
+                                                   "submission); --list and --revoke LABEL manage them")
+    app_pw.add_argument("name")
+    app_pw.add_argument("--label", metavar="L", help="what the password is for, e.g. the device "
+                                                     "(default: the first free device-N)")
+    app_pw_action = app_pw.add_mutually_exclusive_group()
+    app_pw_action.add_argument("--list", action="store_true",
+                               help="list the user's app passwords: CREATED LAST-USED LABEL (never the passwords)")
+    app_pw_action.add_argument("--revoke", metavar="L", help="revoke the app password labelled L")
     pw = users.add_parser("passwd", help="set a new password (stdin when not a terminal, else a prompt)")
     pw.add_argument("name")
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
@@ -178,6 +187,17 @@ def run_command(cfg, args) -> int:
                 print(f"revoked token {accounts.revoke_token(args.name, args.revoke)} of {accounts.require(args.name)['name']}")
             elif args.action == "token":
                 print(accounts.issue_token(args.name))
+            elif args.action == "app-password" and (args.list or args.revoke is not None) and args.label is not None:
+                raise CLIError("users app-password: --label names a new app password; it goes without --list and --revoke")
+            elif args.action == "app-password" and args.list:
+                for entry in accounts.app_passwords(args.name):
+                    print(f"{_when(entry['created_at'])} {_when(entry['last_used'])} {entry['label']}")
+            elif args.action == "app-password" and args.revoke is not None:
+                label = accounts.revoke_app_password(args.name, args.revoke)
+                print(f"revoked app password {label} of {accounts.require(args.name)['name']}")
+            elif args.action == "app-password":
+                _label, password = accounts.create_app_password(args.name, args.label)
+                print(password)
             elif args.action == "passwd":
                 accounts.require(args.name)   # before asking for a password
                 user = accounts.set_password(args.name, _read_password(args),

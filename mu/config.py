@@ -42,11 +42,9 @@ def _port(text: str) -> int:
     return _int(1, 65535)(text.strip().rsplit(":", 1)[-1])
 
 
-def _port_or_off(text: str) -> int:
-    """A port as for MAIL_PORT, or `off` (0: not opened)."""
-    if text.strip().lower() == "off":
-        return 0
-    return _port(text)
+def _port_or_off(text: str):
+    """A port as `_port` reads it, or None for `off` (the listener is not opened)."""
+    return None if text.strip().lower() == "off" else _port(text)
 
 
 def _listen_host(text: str) -> str:
@@ -100,7 +98,7 @@ def _cpus(text: str) -> int:
         raise ValueError(f"expected a number of CPU cores or 'all', got {text!r}") from None
 
 
-DEBUG_SUBSYSTEMS = ("smtp",)
+DEBUG_SUBSYSTEMS = ("smtp", "submission")
 
 
 def _debug(text: str) -> frozenset:
@@ -223,7 +221,8 @@ SETTINGS = [
      "first outbound retry delay, seconds; later ones grow 5x, 15x, 30x, 60x, 120x, 240x of it"),
     ("MU_SHUTDOWN_SECONDS", "shutdown_seconds", "30", _seconds,
      "on SIGTERM, how long open SMTP sessions and deliveries may take to finish before mu exits anyway, seconds"),
-    ("MU_DEBUG", "debug", "", _debug, "comma-separated subsystems to log in detail: `smtp` logs every command and reply"),
+    ("MU_DEBUG", "debug", "", _debug, "comma-separated subsystems to log in detail: `smtp` (and `submission`)"
+     " logs every command and reply"),
     ("MU_CPUS", "cpus", "1", _cpus,
      "CPU cores the server's threads may run on, or `all`; one is fastest for CPython's threads (see docs)"),
     # Operating mu: the web front, accounts, certificates, self-checks.
@@ -249,6 +248,12 @@ SETTINGS = [
      "multiparts nested in a received message, levels (554 5.6.0 beyond)"),
     ("MAIL_MIME_TIMEOUT", "mime_timeout_seconds", "10", _seconds,
      "time allowed to read one received message's MIME structure, seconds (554 5.6.0 beyond)"),
+    # Mail clients sending mail (RFC 6409, RFC 8314).
+    ("SUBMISSION_PORT", "submission_port", "1587", _port_or_off,
+     "message submission port for mail clients (587 in production), STARTTLS when MAIL_TLS_CERT/KEY are set;"
+     " `off` opens none"),
+    ("SUBMISSIONS_PORT", "submissions_port", "1465", _port_or_off,
+     "message submission over implicit TLS (465 in production), opened only with MAIL_TLS_CERT/KEY; `off` opens none"),
     ("MU_JSON_MAX_DEPTH", "json_max_depth", "20", _int(1, 1000), "nesting of arrays and objects in a JSON request body, levels"),
     ("MU_FIELD_MAX_BYTES", "field_max_bytes", "65536", _int(256),
      "one form field or JSON string, bytes, other than a message body or attachment (those: MAIL_MAX_SIZE)"),
@@ -312,6 +317,8 @@ class Config:
     mime_timeout_seconds: float
     json_max_depth: int
     field_max_bytes: int
+    submission_port: Optional[int]
+    submissions_port: Optional[int]
     imap_port: int = 1143
     imap_host: str = ""
     imaps_port: int = 1993
@@ -324,6 +331,8 @@ class Config:
     imap_idle_timeout_seconds: float = 1800.0
     imap_max_connections: int = 500
     imap_max_connections_per_ip: int = 20
+    submission_host: str = ""
+    submissions_host: str = ""
 
     @property
     def dkim_key_path(self) -> str:
@@ -348,6 +357,9 @@ def load(environ: Mapping[str, str] = os.environ) -> Config:
     values["smtp_host"] = _listen_host(environ.get("MAIL_PORT", ""))
     values["imap_host"] = _listen_host(environ.get("IMAP_PORT", "")) if values["imap_port"] else ""
     values["imaps_host"] = _listen_host(environ.get("IMAPS_PORT", "")) if values["imaps_port"] else ""
+    for name, attr in (("SUBMISSION_PORT", "submission_host"), ("SUBMISSIONS_PORT", "submissions_host")):
+        if values[attr.replace("_host", "_port")] is not None:
+            values[attr] = _listen_host(environ.get(name, ""))
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ConfigError("MAIL_TLS_CERT: MAIL_TLS_CERT and MAIL_TLS_KEY must be set together")
     return Config(**values)

@@ -210,13 +210,56 @@ class Mailbox:
         new.set_body(body)
         new.add_attachments(attachments)
         new.describe_for_imap()
+        draft = self._draft_entries(sender, draft_id, "draft_id") if draft_id else None
+
+        def expunge_draft(state):
+            records = []
+            for box_name, uid in draft or ():
+                box = state.mailbox(sender, box_name)
+                if box is not None and box.index_of(uid) is not None:
+                    records.append({"op": "mail.expunge", "user": sender, "box": box_name, "uids": str(uid),
+                                    "modseq": box.highestmodseq + 1})
+            return records
+
+        result = self._store_sent(sender, local, external, new, now, thread=parent[1] if parent else None,
+                                  more_records=expunge_draft)
+        return self.get(sender, result["id"], mark_read=False)
+
+    def submit(self, sender: str, local: list, external: list, raw: bytes, parsed: dict) -> str:
+        """Store a message a user's mail client submitted (RFC 6409), as it is: in the
+        sender's Sent, local recipients' INBOX, and queued for `external` addresses with
+        their credits charged, all in one commit, exactly as `send` does. `parsed` is
+        `mime.parse(raw)`; the API record shows the To and Cc headers (never the envelope,
+        which holds Bcc recipients). Returns the message id once durable; MailError (402)
+        when the credits do not cover it."""
+        now = time.time()
+        from_addr = self.address_of(sender)
+        record = {"kind": "outbound" if external else "internal", "from": sender, "from_addr": from_addr,
+                  "from_name": parsed["from_name"] or sender, "to": parsed["to"] + parsed["cc"],
+                  "subject": parsed["subject"][:MAX_SUBJECT_CHARS], "created_at": now,
+                  "message_id": parsed["message_id"], "in_reply_to": parsed["in_reply_to"],
+                  "references": parsed["references"][-20:], "owners": sorted(set(local) | {sender}),
+                  "attachments": []}
+        new = recordmod.NewMessage(record, raw)
+        new.set_body(parsed["text"], parsed["html"])
+        new.add_attachments(parsed["attachments"])
+        new.describe_for_imap()
+        thread = self._thread_for(record["owners"], [parsed["in_reply_to"]] + list(reversed(parsed["references"])))
+        return self._store_sent(sender, local, external, new, now, thread=thread)["id"]
+
+    def _store_sent(self, sender: str, local: list, external: list, new, now: float, thread=None,
+                    more_records=None) -> dict:
+        """The one commit of a message a local user sends: the sender's Sent copy (once),
+        each local recipient's INBOX entry, and for external recipients the credit charge
+        (CREDIT_COST_EMAIL per message) and the queue entries. MailError (402) when the
+        balance is short, checked inside the commit."""
         cost = self.config.credit_cost_email if external else 0
         if external:
-            record.update(outbox.message_fields(external, cost))
+            new.record.update(outbox.message_fields(external, cost))
         entries = [(sender, "Sent", ["\\Seen"], now, 0)]
         for name in local:   # a note to self also lands in the inbox
             entries.append((name, "INBOX", [], now, 0))
-        draft = self._draft_entries(sender, draft_id, "draft_id") if draft_id else None
+        from_addr = self.address_of(sender)
 
         def before(state):
             user = state.users.get(sender)
@@ -231,16 +274,11 @@ class Mailbox:
             if cost:
                 records.append(outbox.charge_record(sender, cost))
             records += outbox.entry_records(msg_id, sender, from_addr, external, now, new_id)
-            for box_name, uid in draft or ():
-                box = state.mailbox(sender, box_name)
-                if box is not None and box.index_of(uid) is not None:
-                    records.append({"op": "mail.expunge", "user": sender, "box": box_name, "uids": str(uid),
-                                    "modseq": box.highestmodseq + 1})
+            if more_records is not None:
+                records += more_records(state)
             return records
 
-        result = self.store_message(new, entries, thread=parent[1] if parent else None, before=before,
-                                    extra_records=extra)
-        return self.get(sender, result["id"], mark_read=False)
+        return self.store_message(new, entries, thread=thread, before=before, extra_records=extra)
 
     def save_draft(self, user: str, to: str, subject: str, body: str, attachments=(), replace: str = None,
                    reply_to: str = None) -> dict:

@@ -1,8 +1,14 @@
-"""Sliding-window rate limits kept in memory, and the sweeper that bounds their memory."""
+"""Sliding-window rate limits kept in memory, the sweeper that bounds their memory, and
+the failure throttles of logins (web, IMAP, submission)."""
 
 import collections
+import ipaddress
 import threading
 import time
+
+# Every throttle forgets its least recently touched key past this many, so a flood of
+# names or addresses costs bounded memory (and never wipes the table at once).
+THROTTLE_MAX_KEYS = 50_000
 
 
 class RateLimiter:
@@ -39,6 +45,60 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._events)
+
+
+class Throttle:
+    """At most `limit` events per key in `window_seconds`; at the limit the key is refused
+    for a whole window from the event that reached it. Bounded to `max_keys` keys."""
+
+    def __init__(self, limit: int, window_seconds: float, max_keys: int = THROTTLE_MAX_KEYS, clock=time.monotonic):
+        self.limit, self.window_seconds, self.max_keys, self.clock = limit, window_seconds, max_keys, clock
+        self._entries = collections.OrderedDict()   # key -> [count, window start]
+        self._lock = threading.Lock()
+
+    def refused(self, key: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return False
+            if self.clock() - entry[1] >= self.window_seconds:
+                del self._entries[key]
+                return False
+            return entry[0] >= self.limit
+
+    def count(self, key: str) -> None:
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or now - entry[1] >= self.window_seconds:
+                entry = self._entries[key] = [0, now]
+            entry[0] += 1
+            if entry[0] == self.limit:
+                entry[1] = now   # locked for a whole window from here
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_keys:
+                self._entries.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def address_key(address: str) -> str:
+    """The throttles' key for a client: its IPv4 address, or its IPv6 /64 (one customer's
+    network hands out any address inside it)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class Sweeper(threading.Thread):

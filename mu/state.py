@@ -223,7 +223,7 @@ class State:
         self.tokens = {}     # sha256(token) -> {user, created_at, last_used?}
         self.invites = {}    # sha256(invitation code) -> {by, created_at, expires}
         self.sessions = {}   # sha256(session id) -> {user, csrf, expires}
-        self.app_passwords = {}   # user -> {label: {hash, created_at}}
+        self.app_passwords = {}   # user -> {label: {hash, created_at, last_used?}}
         self.queue = {}      # queue id -> outbound delivery entry
         self.messages = MessageTable()
         self.blobs = BlobTable()
@@ -373,6 +373,11 @@ class State:
 
     def _op_apppw_add(self, r):
         self.app_passwords.setdefault(r["user"], {})[r["label"]] = {"hash": r["hash"], "created_at": r["at"]}
+
+    def _op_apppw_used(self, r):
+        entry = self.app_passwords.get(r["user"], {}).get(r["label"])
+        if entry is not None:
+            entry["last_used"] = r["at"]
 
     def _op_apppw_del(self, r):
         self.app_passwords.get(r["user"], {}).pop(r["label"], None)

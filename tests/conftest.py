@@ -297,6 +297,7 @@ class Mu:
         self.env = dict(os.environ)
         self.env.update({"MU_HOME": home, "MAIL_PORT": str(self.smtp_port), "MAIL_DOMAIN": "mu.test",
                          "IMAP_PORT": str(self.imap_port), "IMAPS_PORT": "off",
+                         "SUBMISSION_PORT": str(free_port()), "SUBMISSIONS_PORT": str(free_port()),
                          "MAIL_RATE_CONNECTIONS": "100000", "MAIL_RATE_MESSAGES": "100000",
                          "PYTHONUNBUFFERED": "1"})
         self.env.update(env or {})
@@ -307,6 +308,16 @@ class Mu:
     @property
     def domain(self) -> str:
         return self.env["MAIL_DOMAIN"]
+
+    @property
+    def submission_port(self) -> int:
+        """SUBMISSION_PORT (STARTTLS when the server has a certificate)."""
+        return int(self.env["SUBMISSION_PORT"])
+
+    @property
+    def submissions_port(self) -> int:
+        """SUBMISSIONS_PORT (implicit TLS; open only when the server has a certificate)."""
+        return int(self.env["SUBMISSIONS_PORT"])
 
     def start(self, attempts: int = 3):
         for attempt in range(attempts):
@@ -331,6 +342,9 @@ class Mu:
             if self.env.get("IMAP_PORT") == str(self.imap_port):
                 self.imap_port = free_port()
                 self.env["IMAP_PORT"] = str(self.imap_port)
+            for var in ("SUBMISSION_PORT", "SUBMISSIONS_PORT"):
+                if self.env[var] != "off":
+                    self.env[var] = str(free_port())
         raise RuntimeError("mu exited: " + "".join(self.log_lines))
 
     def _pump(self, proc):

@@ -7,6 +7,8 @@ The format (tests/dialogs/README.md has it too), one directive a line:
     ! tls                the server offers STARTTLS with a self-signed certificate
     ! blocklist VALUE    the server's blocklist holds VALUE
     ! from IP            the client connects from IP (loopback has all of 127.0.0.0/8)
+    ! port submission    the client connects to SUBMISSION_PORT (`submissions`: SUBMISSIONS_PORT,
+                         implicit TLS, with `! tls`), not the receiver's MAIL_PORT
     > TEXT               the client sends TEXT and CRLF; consecutive > and >> lines go out
                          together, in one packet (pipelining), when the next < comes
     >> TEXT              the client sends TEXT with no CRLF
@@ -36,6 +38,7 @@ class Dialog:
     about: str
     settings: tuple            # the ! lines that shape the server, sorted
     source_ip: str = "127.0.0.1"
+    port: str = "smtp"         # which of the server's listeners: smtp, submission, submissions
     steps: list = field(default_factory=list)   # (verb, argument, line number)
 
 
@@ -53,7 +56,7 @@ def expand(text: str) -> bytes:
 
 def parse(path) -> Dialog:
     name = path.stem
-    about, settings, source_ip, steps = "", [], "127.0.0.1", []
+    about, settings, source_ip, port, steps = "", [], "127.0.0.1", "smtp", []
     for number, raw in enumerate(path.read_text("utf-8").splitlines(), 1):
         line = raw.rstrip("\n")
         if not line.strip():
@@ -65,6 +68,10 @@ def parse(path) -> Dialog:
         if verb == "!":
             if argument.startswith("from "):
                 source_ip = argument[5:].strip()
+            elif argument.startswith("port "):
+                port = argument[5:].strip()
+                if port not in ("smtp", "submission", "submissions"):
+                    raise ValueError(f"{path.name}:{number}: no port {port!r} (smtp, submission, submissions)")
             else:
                 settings.append(argument.strip())
         elif verb in (">", ">>", "<", "<~"):
@@ -73,7 +80,7 @@ def parse(path) -> Dialog:
             steps.append((line.strip(), "", number))
         else:
             raise ValueError(f"{path.name}:{number}: cannot read {line!r}")
-    return Dialog(name, about, tuple(sorted(settings)), source_ip, steps)
+    return Dialog(name, about, tuple(sorted(settings)), source_ip, port, steps)
 
 
 class Player:
@@ -88,6 +95,8 @@ class Player:
         self.tls = False
         self.closed = False
         self.transcript = []
+        if dialog.port == "submissions":   # RFC 8314: TLS from the first byte
+            self._tls("", 0)
 
     def fail(self, number: int, message: str):
         raise AssertionError(f"{self.dialog.name}.dialog:{number}: {message}\n--- transcript\n"

@@ -4,7 +4,8 @@ For the many small cases that need no real server process: the web app is a plai
 callable, so requests go straight to it (`Web`), and the store, accounts and mailbox are
 the real ones on a temporary MU_HOME. SMTP sessions run over a `socket.socketpair()`
 against the real `Connection` and `Session` with the real receive policy (`site.smtp()`),
-from any client address a test names. Anything that needs a listening socket, a signal or
+from any client address a test names; message submission likewise (`site.submission()`,
+the real `SubmissionSession` and policy, with TLS when the site has a certificate). Anything that needs a listening socket, a signal or
 a second process belongs to the live-server tier (conftest.Mu).
 
     def test_something(tmp_path):
@@ -121,12 +122,14 @@ class SMTPClient:
     """The client's end of one in-process SMTP connection, served by a thread running
     `Receiver.handle` on the other end of a socketpair."""
 
-    def __init__(self, receiver, peer_ip: str, timeout: float = 10.0):
+    def __init__(self, receiver, peer_ip: str, timeout: float = 10.0, implicit_tls: bool = False):
         self.sock, server_end = socket.socketpair()
         self.sock.settimeout(timeout)
         self.file = self.sock.makefile("rb")
-        self.thread = threading.Thread(target=receiver.handle, args=(server_end, peer_ip), daemon=True)
+        self.thread = threading.Thread(target=receiver.handle, args=(server_end, peer_ip, implicit_tls), daemon=True)
         self.thread.start()
+        if implicit_tls:
+            self.start_tls()
 
     def send(self, *lines: bytes) -> None:
         """All `lines` in one packet (pipelining), CRLF added to each that lacks it."""
@@ -147,6 +150,16 @@ class SMTPClient:
     def command(self, line: bytes) -> tuple:
         self.send(line)
         return self.reply()
+
+    def start_tls(self) -> None:
+        """The TLS handshake as a client (after the server's 220 to STARTTLS, or at once on
+        an implicit TLS connection); the certificate is not checked."""
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        self.file.close()
+        self.sock = ctx.wrap_socket(self.sock, server_hostname="mu.test")
+        self.file = self.sock.makefile("rb")
 
     def answered_within(self, seconds: float) -> bool:
         """Whether the server sends something (or closes) within `seconds`; call it only
@@ -178,6 +191,7 @@ class InProcess:
         self.app = App(self.config)
         self.web = Web(make_web_app(self.app))
         self._receiver = None
+        self._submission_receiver = None
 
     def receive_policy(self):
         from mu.smtp.policy import ReceivePolicy
@@ -195,6 +209,26 @@ class InProcess:
 
     def smtp(self, peer_ip: str = "192.0.2.1", timeout: float = 10.0) -> SMTPClient:
         return SMTPClient(self.receiver, peer_ip, timeout)
+
+    def submission_policy(self):
+        from mu.smtp.submission import SubmissionPolicy
+        app = self.app
+        return SubmissionPolicy(self.config, app.mailbox, app.accounts, app.blocklist, app.queue, events=app.events)
+
+    @property
+    def submission_receiver(self):
+        """Message submission (its Receiver, built once, with the site's certificate if any)."""
+        if self._submission_receiver is None:
+            from mu import tls
+            from mu.smtp.server import Receiver
+            from mu.smtp.submission import SubmissionSession
+            self._submission_receiver = Receiver(self.config, self.submission_policy(),
+                                                 tls.ReloadingContext.for_config(self.config),
+                                                 session_class=SubmissionSession, log_name="submission")
+        return self._submission_receiver
+
+    def submission(self, peer_ip: str = "192.0.2.1", timeout: float = 10.0, implicit_tls: bool = False) -> SMTPClient:
+        return SMTPClient(self.submission_receiver, peer_ip, timeout, implicit_tls)
 
     def add_user(self, name: str, password: str = "password1", admin: bool = False, credits: int = 0) -> str:
         self.app.accounts.create(name, password, admin=admin, credits=credits, min_password_chars=1)

@@ -34,7 +34,7 @@ def server_for(tmp_path_factory, mu_env):
                     name, _, value = setting.partition("=")
                     env[name] = value
             mu = Mu(str(folder / f"home{len(started)}"), env).start()
-            mu.add_user("dialog")
+            mu.add_user("dialog", credits=4)
             for value in blocked:
                 mu.cli("blocklist", "add", value)
             started[settings] = mu
@@ -49,4 +49,7 @@ def server_for(tmp_path_factory, mu_env):
 def test_dialog(path, server_for):
     dialog = parse(path)
     assert dialog.about, f"{path.name}: the first comment line says what the dialog checks"
-    Player(dialog, server_for(dialog.settings).smtp_port).play()
+    server = server_for(dialog.settings)
+    port = {"smtp": server.smtp_port, "submission": server.submission_port,
+            "submissions": server.submissions_port}[dialog.port]
+    Player(dialog, port).play()

@@ -94,7 +94,7 @@ def test_failed_logins_throttled_per_account(tmp_path):
     try:
         name = site.add_user("victim")
         imap = site.connect()
-        for _ in range(site.context.throttle.FAILURES_PER_ACCOUNT):
+        for _ in range(site.app.accounts.throttle.by_account.limit):   # shared with the web and submission
             with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
                 imap.login(name, "guess")
         # even the right password is refused while locked
@@ -110,7 +110,7 @@ def test_failed_logins_throttled_per_client_address(tmp_path):
     try:
         name = site.add_user("sprayed")
         imap = site.connect()
-        for i in range(site.context.throttle.FAILURES_PER_ADDRESS):
+        for i in range(site.app.accounts.throttle.by_address.limit):
             with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
                 imap.login(f"nobody{i}", "guess")
         with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
@@ -706,5 +706,24 @@ def test_nothing_sent_before_starttls_is_acted_on(tmp_path, certificate):
         data = read_until(tls, b"c OK.*\r\n")
         assert b"b OK" not in data and b"b NO" not in data and b"STARTTLS" not in data
         tls.close()
+    finally:
+        site.close()
+
+
+def test_app_password_logs_in_and_stops_working_once_revoked(tmp_path):
+    """Credentials for IMAP are the account password or an app password (contract); a
+    revoked one is refused at the next login."""
+    site = IMAPSite(tmp_path)
+    try:
+        name = site.add_user("phone")
+        _label, secret = site.app.accounts.create_app_password(name, "phone")
+        imap = site.connect()
+        assert imap.login(f"{name}@{site.config.domain}", secret)[0] == "OK"
+        imap.logout()
+        site.app.accounts.revoke_app_password(name, "phone")
+        imap = site.connect()
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            imap.login(name, secret)
+        imap.logout()
     finally:
         site.close()

@@ -159,6 +159,7 @@ def test_installed_server_as_mu_with_cli_as_root_then_upgrade(tmp_path, dns, cap
         web_port, smtp_port = free_port(), free_port()
         with open(env_path, "a") as f:   # the administrator's settings
             f.write(f"\nMAIL_DOMAIN=mu.test\nMAIL_PORT={smtp_port}\nIMAP_PORT={free_port()}\nMU_WEB_ADDRESS=127.0.0.1:{web_port}\n"
+                    f"SUBMISSION_PORT={free_port()}\nSUBMISSIONS_PORT={free_port()}\n"
                     f"MAIL_DNS_SERVER=127.0.0.1:{dns.port}\nMAIL_OUTBOUND_PORT={capture.port}\nMU_DOCTOR_MX=127.0.0.1\n"
                     f"MAIL_RATE_CONNECTIONS=1000\n"
                     f"MAIL_TLS_CERT=/etc/mu/tls/fullchain.pem\nMAIL_TLS_KEY=/etc/mu/tls/privkey.pem\n")

@@ -63,51 +63,6 @@ def set_io_timeouts(sock, read_seconds: float, write_seconds: float) -> None:
 
 # ---------------------------------------------------------------- shared per-server state
 
-class LoginThrottle:
-    """Failed logins counted per account and per client address (password spraying across
-    accounts); past the limit, logins are refused for the lockout period. Bounded in
-    memory: the least recently failed keys are forgotten first, never all at once."""
-
-    FAILURES_PER_ACCOUNT = 10      # like the web login (README "Login throttling")
-    FAILURES_PER_ADDRESS = 30
-    LOCKOUT_SECONDS = 900
-    MAX_KEYS = 20000
-
-    def __init__(self, clock=time.monotonic):
-        self.clock = clock
-        self._failures = collections.OrderedDict()   # key -> (count, last failure time)
-        self._lock = threading.Lock()
-
-    def _count(self, key) -> int:
-        entry = self._failures.get(key)
-        if entry is None:
-            return 0
-        count, last = entry
-        if self.clock() - last > self.LOCKOUT_SECONDS:
-            del self._failures[key]
-            return 0
-        return count
-
-    def allowed(self, account: str, address: str) -> bool:
-        with self._lock:
-            return (self._count(("account", account)) < self.FAILURES_PER_ACCOUNT
-                    and self._count(("address", address)) < self.FAILURES_PER_ADDRESS)
-
-    def failed(self, account: str, address: str) -> None:
-        with self._lock:
-            now = self.clock()
-            for key in (("account", account), ("address", address)):
-                count = self._count(key)
-                self._failures.pop(key, None)
-                self._failures[key] = (count + 1, now)
-            while len(self._failures) > self.MAX_KEYS:
-                self._failures.popitem(last=False)
-
-    def succeeded(self, account: str, address: str) -> None:
-        with self._lock:
-            self._failures.pop(("account", account), None)
-
-
 class Waker:
     """A pipe whose read end becomes readable when the user's mailboxes change."""
 
@@ -194,7 +149,6 @@ class Context:
         self.accounts = accounts
         self.store = store
         self.recent = RecentClaims()
-        self.throttle = LoginThrottle()
         self.watcher = ChangeWatcher(store)
         self.idle_timeout_seconds = config.imap_idle_timeout_seconds
 

@@ -18,6 +18,7 @@ import re
 import time
 import urllib.parse
 
+from ..accounts import LoginThrottled
 from .. import mimeinfo
 from ..log import log
 from ..mailstore import MailStoreError, NoSuchMailbox, TooBig
@@ -384,20 +385,15 @@ class Session:
         password = raw_password.decode("utf-8", "replace")
         if len(name) > MAX_USERNAME_CHARS or not name or len(password) > 1024:
             raise No(R.NO_LOGIN)
-        local, at, domain = name.rpartition("@")
-        if at:
-            if domain.lower() != self.config.domain:
-                raise No(R.NO_LOGIN)
-            name = local
-        name = name.lower()
-        throttle = self.ctx.throttle
-        if not throttle.allowed(name, self.peer_ip):
-            raise No(R.NO_THROTTLED)
-        user = self.ctx.accounts.authenticate(name, password)
+        # The account password or an app password, counted in the throttles every login
+        # shares (web, IMAP, submission): mu/accounts.py authenticate_client.
+        try:
+            user = self.ctx.accounts.authenticate_client(name, password, self.peer_ip)
+        except LoginThrottled:
+            raise No(R.NO_THROTTLED) from None
         if user is None:
-            throttle.failed(name, self.peer_ip)
             raise No(R.NO_LOGIN)
-        throttle.succeeded(name, self.peer_ip)
+        name = user["name"]
         self.user = name
         self.state = AUTHENTICATED
         self.conn.authenticated()

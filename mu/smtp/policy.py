@@ -20,6 +20,12 @@ from . import replies as R
 from .replies import ReplyError
 
 
+def server_hostname(config) -> str:
+    """The name mu gives itself in greetings and trace fields: MAIL_DOMAIN, or the host's
+    own name while MAIL_DOMAIN is `localhost`."""
+    return config.domain if config.domain != "localhost" else (socket.getfqdn() or "localhost")
+
+
 class ReceivePolicy:
     def __init__(self, config, mailbox, blocklist, connection_limiter, message_limiter, resolver,
                  events=None, dmarc_sample=None):
@@ -30,7 +36,7 @@ class ReceivePolicy:
         self.message_limiter = message_limiter
         self.resolver = resolver
         self.events = events   # optional callable(kind, dict) for the admin mail log
-        self.hostname = config.domain if config.domain != "localhost" else (socket.getfqdn() or "localhost")
+        self.hostname = server_hostname(config)
         self.spf = spf_auth.Checker(resolver)
         dmarc.public_suffix_list()   # parsed at start-up, not by the first message's DMARC check
         # pct= sampling (RFC 7489 §6.6.4): callable(pct) -> whether this message gets the policy.

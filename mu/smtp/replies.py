@@ -102,3 +102,30 @@ DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected: the DMARC policy of {dom
 # RFC 3463 §3.7: X.6.0, a media (content) error. Permanent: the same message would take
 # the same time, or break the same limit, on every retry.
 MIME_LIMIT = Reply(554, "5.6.0", "Message rejected: {reason}")
+
+
+# Message submission (RFC 6409) and AUTH (RFC 4954 §4, §6; RFC 3463 X.7.X security codes).
+SUBMISSION_HELP = Reply(214, "2.0.0", "Commands: EHLO HELO AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_CHALLENGE = Reply(334, "", "{challenge}")   # base64; RFC 4954 §4: no enhanced code here
+LOGIN_THROTTLED = Reply(454, "4.7.0", "Too many failed logins, try again in 15 minutes")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Invalid base64 data")
+AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Malformed authentication response")
+AUTH_NEEDS_MECHANISM = Reply(501, "5.5.4", "AUTH requires a mechanism: PLAIN or LOGIN")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_NEEDS_EHLO = Reply(503, "5.5.1", "Send EHLO first: AUTH is an ESMTP extension")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not allowed during a mail transaction")
+AUTH_MECHANISM_UNKNOWN = Reply(504, "5.5.4", "Unrecognized authentication type: PLAIN and LOGIN are offered")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")   # RFC 6409 §4.3
+AUTH_NO_LONGER_VALID = Reply(530, "5.7.0", "Authentication required: your login is no longer valid"
+                                           " (password changed, app password revoked or account disabled)")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism: use STARTTLS")
+NOT_YOUR_ADDRESS = Reply(553, "5.7.1", "Sender address rejected: not owned by user {user} (use {user}@{domain})")
+# RFC 6409 §4.1: 554 rejects what is improper when no code is more precise. Permanent, so
+# the mail app tells its user now instead of retrying quietly; credits change only when
+# an admin gives some.
+NOT_ENOUGH_CREDITS = Reply(554, "5.7.0", "Not enough credits: external mail costs {cost}, your balance is {balance}")
+FROM_NOT_YOURS = Reply(554, "5.7.1", "Message rejected: the From header must be your own address ({address}), not {found}")

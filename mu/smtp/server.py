@@ -9,6 +9,9 @@ Who does what:
 - `Receiver` is everything but the listening socket: config, policy, TLS context, the
   connection `Slots`, and shutdown (`drain`). `Receiver.handle(sock, peer_ip)` serves one
   accepted connection, which is how the in-process tests drive it over a socketpair.
+  Message submission is a Receiver too, with its own session class, policy and slots, and
+  its log name (`submission`); its two listeners (STARTTLS and implicit TLS, RFC 8314)
+  share it, so its caps and its drain cover both.
 - `Slots` counts open connections in total (MAIL_MAX_CONNECTIONS) and per client
   (MAIL_MAX_CONNECTIONS_PER_CLIENT), refuses past either with 421, and says which timeout
   applies now: MAIL_TIMEOUT, or MAIL_STRESS_TIMEOUT_SECONDS once MAIL_STRESS_PERCENT of the
@@ -39,8 +42,6 @@ from ..log import log
 from . import replies as R
 from .session import Session
 
-# RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
-COMMAND_LINE_LIMIT = 512
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF
 # (the leading dot of a dot-stuffed line is not counted).
 TEXT_LINE_LIMIT = 1000
@@ -248,7 +249,8 @@ def client_key(ip: str) -> str:
 class Slots:
     """Open connections, in total and per client; stress when many are open."""
 
-    def __init__(self, config):
+    def __init__(self, config, log_name: str = "smtp"):
+        self.log_name = log_name
         self.total = config.max_smtp_connections
         self.per_client = config.max_smtp_connections_per_client
         self.stress_from = max(1, math.ceil(self.total * config.smtp_stress_percent / 100))
@@ -276,8 +278,8 @@ class Slots:
             if not self.stressed and self.open >= self.stress_from:
                 self.stressed = True
                 self.timeout = self.stress_timeout
-                log("smtp", f"under stress: {self.open} of {self.total} connections open;"
-                            f" timeouts down to {self.stress_timeout:g} s")
+                log(self.log_name, f"under stress: {self.open} of {self.total} connections open;"
+                                   f" timeouts down to {self.stress_timeout:g} s")
         return None
 
     def give_back(self, ip: str) -> None:
@@ -290,7 +292,7 @@ class Slots:
             if self.stressed and self.open <= self.stress_until:
                 self.stressed = False
                 self.timeout = self.normal_timeout
-                log("smtp", f"stress over: {self.open} of {self.total} connections open")
+                log(self.log_name, f"stress over: {self.open} of {self.total} connections open")
             self._changed.notify_all()
 
     def wait_until_fewer(self, than: int, deadline: float) -> int:
@@ -313,9 +315,9 @@ def printable(line: bytes) -> str:
     return text + (f"... ({len(line)} octets)" if len(line) > _TRANSCRIPT_LINE_CHARS else "")
 
 
-def _log_reply(label: str, wire: bytes) -> None:
+def _log_reply(label: str, wire: bytes, log_name: str = "smtp") -> None:
     for line in wire.split(b"\r\n")[:-1]:
-        log("smtp", f"{label} > {printable(line)}")
+        log(log_name, f"{label} > {printable(line)}")
 
 
 class Connection:
@@ -323,13 +325,15 @@ class Connection:
 
     _ids = itertools.count(1)
 
-    def __init__(self, receiver, sock, peer_ip: str):
+    def __init__(self, receiver, sock, peer_ip: str, implicit_tls: bool = False):
         self.receiver = receiver
         self.config = receiver.config
         self.sock = sock
         self.peer_ip = peer_ip
+        self.implicit_tls = implicit_tls   # RFC 8314: the handshake comes before the greeting
         self.out = []
-        self.debug = "smtp" in self.config.debug
+        self.log_name = receiver.log_name
+        self.debug = self.log_name in self.config.debug
         self.id = next(self._ids)
         self.session = None
         self.waiting = False        # blocked on the client: the drain may cut in
@@ -342,14 +346,14 @@ class Connection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(receiver.slots.timeout))
         self.reader = LineReader(sock, self.flush)
         if self.debug:
-            log("smtp", f"#{self.id} connect from {peer_ip}")
+            log(self.log_name, f"#{self.id} connect from {peer_ip}" + (" (TLS)" if implicit_tls else ""))
 
     # Every reply goes out through here, and only here (aiosmtpd's push()).
     def send(self, reply) -> None:
         wire = reply.encode()
         self.out.append(wire)
         if self.debug:
-            _log_reply(f"#{self.id}", wire)
+            _log_reply(f"#{self.id}", wire, self.log_name)
 
     def flush(self) -> None:
         if self.out:
@@ -362,8 +366,10 @@ class Connection:
     def run(self) -> None:
         receiver = self.receiver
         slots = receiver.slots
-        self.session = session = self._new_session(tls_active=False)
         try:
+            if self.implicit_tls:
+                self._wrap_tls()
+            self.session = session = self._new_session(tls_active=self.implicit_tls)
             self.send(session.greeting())
             while not session.closing:
                 if receiver.stopping and not session.in_transaction:
@@ -371,7 +377,7 @@ class Connection:
                     break
                 self.reader.expect(slots.timeout)
                 self.waiting = True
-                line, too_long = self.reader.readline(COMMAND_LINE_LIMIT)
+                line, too_long = self.reader.readline(session.line_limit)
                 self.waiting = False
                 if self.debug:
                     self._log_command(line, too_long)
@@ -385,39 +391,43 @@ class Connection:
                     self.waiting = False
                     if self.debug:
                         size = f"{len(data)} octets" if data is not None else "dropped"
-                        log("smtp", f"#{self.id} < (message data, {size})")
+                        log(self.log_name, f"#{self.id} < (message data, {size})")
                     self.send(session.data_received(data, error))
                 elif session.start_tls:
                     self.session = session = self._start_tls()
             self.flush()
         except Timeout:
-            self._last_words(R.TIMEOUT)
+            if self.session is not None:   # not while an implicit TLS handshake is unfinished
+                self._last_words(R.TIMEOUT)
         except (ClientGone, ConnectionError, ssl.SSLError, OSError):
-            if receiver.stopping:   # the drain closed our read side
+            if receiver.stopping and self.session is not None:   # the drain closed our read side
                 self._last_words(R.SHUTTING_DOWN)
         except Exception as exc:  # a bug must cost one connection, never the server
-            log("smtp", f"error in session with {self.peer_ip}: {exc!r}")
+            log(self.log_name, f"error in session with {self.peer_ip}: {exc!r}")
             self._last_words(R.LOCAL_ERROR)   # RFC 5321 §3.8: say so, and close
         finally:
             self.waiting = False
             if self.debug:
-                log("smtp", f"#{self.id} closed")
+                log(self.log_name, f"#{self.id} closed")
 
     def _new_session(self, tls_active: bool) -> Session:
         tls_available = self.receiver.tls_context is not None and not tls_active
-        return Session(self.receiver.policy, self.config, self.peer_ip,
-                       tls_active=tls_active, tls_available=tls_available)
+        return self.receiver.session_class(self.receiver.policy, self.config, self.peer_ip,
+                                           tls_active=tls_active, tls_available=tls_available)
 
     def _start_tls(self) -> Session:
         self.flush()
         # RFC 3207 §4.2: nothing sent before the handshake may be acted on.
         self.reader.discard_buffer()
+        self._wrap_tls()
+        return self._new_session(tls_active=True)
+
+    def _wrap_tls(self) -> None:
         tls = self.receiver.tls_context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
         with self._lock:
             self.sock = tls
         self._handshake(tls, self.receiver.slots.timeout)
         self.reader = LineReader(tls, self.flush)
-        return self._new_session(tls_active=True)
 
     def _handshake(self, tls, timeout: float) -> None:
         """The TLS handshake under one deadline: a blocking handshake would wait for each
@@ -444,10 +454,12 @@ class Connection:
 
     def _log_command(self, line: bytes, too_long: bool) -> None:
         line = line.rstrip(b"\r\n")
-        if line[:5].upper() == b"AUTH ":   # never log credentials
+        if self.session.secret_next:   # a SASL response: credentials, whatever it holds
+            line = b"***"
+        elif line[:5].upper() == b"AUTH ":   # never log credentials
             line = line[:5] + line[5:].split(b" ", 1)[0] + b" ***"
         note = " (over-long line, its end shown)" if too_long else ""
-        log("smtp", f"#{self.id} < {printable(line)}{note}")
+        log(self.log_name, f"#{self.id} < {printable(line)}{note}")
 
     def _last_words(self, reply) -> None:
         """Send what is owed and `reply`, then the caller closes; never waits long."""
@@ -487,29 +499,36 @@ class Connection:
 class Receiver:
     """Serves accepted connections; knows nothing of the listening socket."""
 
-    def __init__(self, config, policy, tls_context=None):
+    def __init__(self, config, policy, tls_context=None, session_class=Session, log_name: str = "smtp"):
         self.config = config
         self.policy = policy
         self.tls_context = tls_context
-        self.slots = Slots(config)
+        self.session_class = session_class
+        self.log_name = log_name
+        self.slots = Slots(config, log_name)
         self.stopping = False   # set once, by drain()
         self._connections = set()
         self._lock = threading.Lock()
 
-    def handle(self, sock, peer_ip: str) -> None:
-        """Serve one accepted connection to its end, then close it."""
+    def handle(self, sock, peer_ip: str, implicit_tls: bool = False) -> None:
+        """Serve one accepted connection to its end, then close it. With `implicit_tls`
+        (RFC 8314) the TLS handshake comes first, and a refusal is no reply at all: the
+        client would read it as a broken handshake."""
         refusal = R.SHUTTING_DOWN if self.stopping else self.slots.take(peer_ip)
         if refusal is not None:
-            self._refuse(sock, peer_ip, refusal)
+            if implicit_tls:
+                sock.close()
+            else:
+                self._refuse(sock, peer_ip, refusal)
             return
         connection = None
         try:
-            connection = Connection(self, sock, peer_ip)
+            connection = Connection(self, sock, peer_ip, implicit_tls)
             with self._lock:
                 self._connections.add(connection)
             connection.run()
         except Exception as exc:
-            log("smtp", f"connection from {peer_ip} failed: {exc!r}")
+            log(self.log_name, f"connection from {peer_ip} failed: {exc!r}")
         finally:
             if connection is not None:
                 with self._lock:
@@ -523,10 +542,10 @@ class Receiver:
         """421 without a thread's worth of waiting: the kernel takes a short reply at once
         into a new connection's send buffer, or the client gets nothing. (No Connection:
         a flood of refusals should cost as little as possible.)"""
-        if "smtp" in self.config.debug:
+        if self.log_name in self.config.debug:
             label = f"#{next(Connection._ids)}"
-            log("smtp", f"{label} connect from {peer_ip}, refused")
-            _log_reply(label, reply.encode())
+            log(self.log_name, f"{label} connect from {peer_ip}, refused")
+            _log_reply(label, reply.encode(), self.log_name)
         try:
             sock.setblocking(False)
             sock.send(reply.encode())
@@ -573,11 +592,15 @@ class SMTPServer(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, config, policy, host: str = "", port: int = None, tls_context=None):
+    def __init__(self, config, policy, host: str = "", port: int = None, tls_context=None, receiver=None,
+                 implicit_tls: bool = False):
+        """`receiver`: one shared with another listener (submission's two ports); else a new
+        one for `policy`. `implicit_tls`: connections start with the TLS handshake."""
         self.config = config
         self.policy = policy
         self.tls_context = tls_context or tls.ReloadingContext.for_config(config)   # reloads itself
-        self.receiver = Receiver(config, policy, self.tls_context)
+        self.receiver = receiver or Receiver(config, policy, self.tls_context)
+        self.implicit_tls = implicit_tls
         self._accepting = threading.Event()
         self._stopped = threading.Event()
         self._idle_acceptors = 0
@@ -624,7 +647,7 @@ class SMTPServer(socketserver.TCPServer):
             if self._threads >= self.config.max_smtp_connections + SPARE_ACCEPTORS:
                 return
             self._threads += 1
-        threading.Thread(target=self._accept_loop, name="smtp-conn", daemon=True).start()
+        threading.Thread(target=self._accept_loop, name=f"{self.receiver.log_name}-conn", daemon=True).start()
 
     def _accept_loop(self) -> None:
         try:
@@ -648,7 +671,7 @@ class SMTPServer(socketserver.TCPServer):
                     return
                 if spare == 0:
                     self._spawn_acceptor()
-                self.receiver.handle(request, _peer_ip(client_address))
+                self.receiver.handle(request, _peer_ip(client_address), self.implicit_tls)
                 with self._threads_lock:
                     if self._idle_acceptors >= SPARE_ACCEPTORS and self._threads > KEEP_THREADS:
                         return
@@ -661,8 +684,8 @@ class SMTPServer(socketserver.TCPServer):
         now = time.monotonic()
         if now - self._out_of_files_logged > 60:
             self._out_of_files_logged = now
-            log("smtp", f"cannot accept connections: {exc.strerror or exc} (open files: ulimit -n);"
-                        f" {self.receiver.open_connections} SMTP connections open")
+            log(self.receiver.log_name, f"cannot accept connections: {exc.strerror or exc} (open files: ulimit -n);"
+                                        f" {self.receiver.open_connections} connections open")
         time.sleep(_OUT_OF_FILES_PAUSE_SECONDS)
 
     def shutdown_request(self, request):
@@ -679,3 +702,23 @@ class SMTPServer(socketserver.TCPServer):
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+
+def drain_all(servers, timeout: float) -> int:
+    """Drain several listeners at once (SMTP and submission): stop every one accepting,
+    then drain each distinct receiver in a thread of its own, so that none waits for
+    another's sessions. Returns how many sessions were still open after `timeout`."""
+    for server in servers:
+        server.shutdown()
+    receivers = list({id(s.receiver): s.receiver for s in servers}.values())
+    busy = [0] * len(receivers)
+
+    def drain(i):
+        busy[i] = receivers[i].drain(timeout)
+
+    threads = [threading.Thread(target=drain, args=(i,), name="drain") for i in range(len(receivers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(busy)

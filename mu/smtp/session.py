@@ -2,7 +2,9 @@
 
 The session knows RFC 5321 and nothing about sockets or policy. The server feeds it
 command lines (or tells it a line was too long) and finished DATA; a `policy` object
-decides who may send to whom and stores the message. States:
+decides who may send to whom and stores the message. Message submission (submission.py)
+is a subclass that adds AUTH; the hooks it uses are `line_limit`, `secret_next`,
+`protocol_errors`, `_extensions` and `_mail_parameter`. States:
 
     GREETED --EHLO/HELO--> READY --MAIL--> MAIL --RCPT--> RCPT --DATA--> (data) --> READY
     RSET or a new EHLO/HELO returns to READY; STARTTLS starts a fresh session.
@@ -26,6 +28,8 @@ from .replies import Reply, ReplyError
 # or a cross-protocol attack (an HTTP request sent to port 25), earns.
 PROTOCOL_ERRORS = frozenset({500, 501, 502, 503, 504, 555})
 JUNK_VERBS = frozenset({"NOOP", "RSET", "VRFY", "HELP", "EHLO", "HELO"})
+# RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
+COMMAND_LINE_LIMIT = 512
 
 
 @dataclass
@@ -38,9 +42,14 @@ class Envelope:
     smtputf8: bool = False
     declared_size: Optional[int] = None
     recipients: list = field(default_factory=list)   # [(address, [usernames])]
+    user: Optional[dict] = None   # who authenticated (submission): Accounts.authenticate_client's user
 
 
 class Session:
+    line_limit = COMMAND_LINE_LIMIT   # the longest line the server reads for the next command
+    protocol_errors = PROTOCOL_ERRORS
+    secret_next = False               # the next line carries a secret: the transcript hides it
+
     def __init__(self, policy, config, peer_ip: str, tls_active: bool = False, tls_available: bool = False):
         self.policy = policy
         self.config = config
@@ -104,7 +113,7 @@ class Session:
 
     def _account(self, reply: Reply) -> Reply:
         """Spend from the error budget; past it, 421, which may answer any command (RFC 5321 §4.3.2)."""
-        if reply.code in PROTOCOL_ERRORS:
+        if reply.code in self.protocol_errors:
             self.errors += 1
         if self.errors > self.max_errors:
             self.closing = True
@@ -156,13 +165,19 @@ class Session:
         host = self.policy.hostname
         if not esmtp:
             return Reply(250, "", host)
-        lines = [f"{host} greets {argument.split()[0]}",
-                 f"SIZE {self.config.max_message_bytes}", "8BITMIME", "PIPELINING",
-                 "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+        lines = [f"{host} greets {argument.split()[0]}", *self._extensions(), "HELP"]
+        return Reply(250, "", "\n".join(lines))
+
+    def _extensions(self) -> list:
+        """The EHLO keywords offered now (RFC 5321 §4.1.1.1), in order."""
+        lines = [f"SIZE {self.config.max_message_bytes}", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self.tls_available:
             lines.append("STARTTLS")
-        lines.append("HELP")
-        return Reply(250, "", "\n".join(lines))
+        return lines
+
+    def _mail_parameter(self, key: str, value) -> bool:
+        """A MAIL parameter of an extension only a subclass offers: True once taken."""
+        return False
 
     def smtp_EHLO(self, argument):
         return self._hello(argument, esmtp=True)
@@ -190,7 +205,7 @@ class Session:
                     raise ReplyError(R.UNKNOWN_PARAMETER.with_text("BODY must be 7BIT or 8BITMIME"))
             elif key == "SMTPUTF8" and value is None:  # RFC 6531 §3.4
                 env.smtputf8 = True
-            else:
+            elif not self._mail_parameter(key, value):
                 raise ReplyError(R.UNKNOWN_PARAMETER.with_text(f"Parameter {key} not supported"))
         if not address.isascii() and not env.smtputf8:
             raise ReplyError(R.SMTPUTF8_REQUIRED)

@@ -324,6 +324,7 @@ def install(web, app):
         smtp_ok = app.smtp_server is not None
         response.status = 200 if smtp_ok else 503
         return _out({"ok": smtp_ok, "smtp_port": app.smtp_server.port if smtp_ok else None,
+                     "submission_ports": [server.port for server in app.submission_servers],
                      "queue_depth": depth, "users": users, "dkim": app.signer.enabled})
 
     @web.route("/api/<path:path>", method=["GET", "POST", "PUT", "DELETE", "PATCH"])

@@ -1,81 +1,18 @@
 """Sign-up (open, by invitation or closed), login and logout, throttled per account and per
 client address, and the session cookie."""
 
-import collections
-import ipaddress
-import threading
-import time
-
 import bottle
 from bottle import request, response
 
-from ..accounts import MAX_USERNAME_CHARS, AccountError, InviteInvalid
+from ..accounts import MAX_USERNAME_CHARS, AccountError, InviteInvalid, LoginThrottled
 from ..log import log
+from ..ratelimit import Throttle, address_key
 from .common import PRESESSION_CSRF_COOKIE, SESSION_COOKIE, check_csrf, client_address, current, is_https, render
 
-MAX_LOGIN_FAILURES = 10           # failures in a row for one account before it is locked
-LOGIN_LOCK_SECONDS = 15 * 60
 SIGNUP_WINDOW_SECONDS = 3600
 # A login or sign-up form is a username (32), a password (1024), a token or two and their
 # percent-encoding: anything larger is refused before it is read, let alone parsed.
 MAX_ACCOUNT_FORM_BYTES = 16 * 1024
-# Every throttle forgets its least recently touched key past this many, so a flood of
-# names or addresses costs bounded memory (and never wipes the table at once).
-THROTTLE_MAX_KEYS = 50_000
-
-
-class Throttle:
-    """At most `limit` events per key in `window_seconds`; at the limit the key is refused
-    for a whole window from the event that reached it. Bounded to `max_keys` keys."""
-
-    def __init__(self, limit: int, window_seconds: float, max_keys: int = THROTTLE_MAX_KEYS, clock=time.monotonic):
-        self.limit, self.window_seconds, self.max_keys, self.clock = limit, window_seconds, max_keys, clock
-        self._entries = collections.OrderedDict()   # key -> [count, window start]
-        self._lock = threading.Lock()
-
-    def refused(self, key: str) -> bool:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return False
-            if self.clock() - entry[1] >= self.window_seconds:
-                del self._entries[key]
-                return False
-            return entry[0] >= self.limit
-
-    def count(self, key: str) -> None:
-        now = self.clock()
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or now - entry[1] >= self.window_seconds:
-                entry = self._entries[key] = [0, now]
-            entry[0] += 1
-            if entry[0] == self.limit:
-                entry[1] = now   # locked for a whole window from here
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_keys:
-                self._entries.popitem(last=False)
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def address_key(address: str) -> str:
-    """The throttles' key for a client: its IPv4 address, or its IPv6 /64 (one customer's
-    network hands out any address inside it)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address[:64]
-    if ip.version == 6:
-        if ip.ipv4_mapped:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 def _safe_next(target: str) -> str:
@@ -110,10 +47,9 @@ def start_session(app, name: str) -> None:
 
 def install(web, app):
     config = app.config
-    by_account = Throttle(MAX_LOGIN_FAILURES, LOGIN_LOCK_SECONDS)
-    by_address = Throttle(config.login_failures_per_address, LOGIN_LOCK_SECONDS)
+    # The login throttles are the accounts' own, shared with IMAP and submission.
+    web.config["mu.login_throttle"] = (app.accounts.throttle.by_account, app.accounts.throttle.by_address)
     signups = Throttle(config.signups_per_hour_per_address, SIGNUP_WINDOW_SECONDS)
-    web.config["mu.login_throttle"] = (by_account, by_address)
     web.config["mu.signup_throttle"] = signups
 
     @web.get("/")
@@ -185,26 +121,19 @@ def install(web, app):
         name = (request.forms.getunicode("username", "") or "").strip().lower()
         password = request.forms.getunicode("password", "") or ""
         target = _safe_next(request.forms.get("next", "/mail"))
-        client = address_key(client_address())
-        if by_address.refused(client):
+        shown = name if app.accounts.login_name(name) else ""   # a name that names nobody is not echoed
+        try:
+            user = app.accounts.login(name, password, client_address())
+        except LoginThrottled as exc:
             response.status = 429
-            return render("login", name="", next=target,
-                          error="Too many failed logins from your network. Try again in 15 minutes.")
-        if len(name) > MAX_USERNAME_CHARS:   # names nobody: nothing to remember it by
-            by_address.count(client)
-            response.status = 401
-            return render("login", name="", next=target, error="Wrong username or password.")
-        if by_account.refused(name):
-            response.status = 429
-            return render("login", name=name, next=target,
+            if exc.scope == "address":
+                return render("login", name="", next=target,
+                              error="Too many failed logins from your network. Try again in 15 minutes.")
+            return render("login", name=shown, next=target,
                           error="Too many failed attempts for this account. Try again in 15 minutes.")
-        user = app.accounts.authenticate(name, password)
         if user is None:
-            by_account.count(name)
-            by_address.count(client)
             response.status = 401
-            return render("login", name=name, next=target, error="Wrong username or password.")
-        by_account.forget(name)
+            return render("login", name=shown, next=target, error="Wrong username or password.")
         start_session(app, user["name"])
         bottle.redirect(target)
 
