@@ -88,6 +88,19 @@ def positions_of(column: array, value: int) -> list:
 _LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
 
 
+def flag_names(mask: int, keywords) -> frozenset:
+    """The flag names of a mask: the system flags, then the keywords by their bits."""
+    out = [name for i, name in enumerate(SYSTEM_FLAGS) if mask >> i & 1]
+    mask >>= len(SYSTEM_FLAGS)
+    i = 0
+    while mask:
+        if mask & 1:
+            out.append(keywords[i])
+        mask >>= 1
+        i += 1
+    return frozenset(out)
+
+
 class MailboxIndex:
     __slots__ = ("name", "special_use", "uidvalidity", "uidnext", "highestmodseq", "keywords",
                  "_keyword_bits", "uids", "msgs", "flags", "modseqs", "dates", "zones",
@@ -134,15 +147,7 @@ class MailboxIndex:
         return mask
 
     def names_for(self, mask: int) -> frozenset:
-        out = [name for i, name in enumerate(SYSTEM_FLAGS) if mask >> i & 1]
-        mask >>= len(SYSTEM_FLAGS)
-        i = 0
-        while mask:
-            if mask & 1:
-                out.append(self.keywords[i])
-            mask >>= 1
-            i += 1
-        return frozenset(out)
+        return flag_names(mask, self.keywords)
 
     @property
     def keywords_full(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Optional
 
 from . import records as recordmod
 from .folders import (DEFAULT_MAILBOXES, DELETED, DELIMITER, SEEN, SPECIAL_USE, SYSTEM_FLAGS,
-                      encode_uid_set, positions_of)
+                      encode_uid_set, flag_names, positions_of)
 from .state import canonical_mailbox_name, content_hash, message_id_hash
 
 MAX_MAILBOX_NAME_CHARS = 255
@@ -95,16 +95,7 @@ class MailboxView:
         return len(self.uids)
 
     def flags(self, i: int) -> frozenset:
-        mask = self._flags[i]
-        out = [name for b, name in enumerate(SYSTEM_FLAGS) if mask >> b & 1]
-        mask >>= len(SYSTEM_FLAGS)
-        k = 0
-        while mask:
-            if mask & 1:
-                out.append(self._keywords[k])
-            mask >>= 1
-            k += 1
-        return frozenset(out)
+        return flag_names(self._flags[i], self._keywords)
 
     def flag_mask(self, i: int) -> int:
         return self._flags[i]
@@ -191,6 +182,7 @@ class MailStore:
         self.store = store
         self.config = config
         self._changed = threading.Condition()
+        self._describe_cache = {}   # message number -> FETCH strings, for records without them
         store.listeners.append(self._on_change)
 
     # ------------------------------------------------------------ change tracking
@@ -316,8 +308,6 @@ class MailStore:
                            envelope=imap.get("envelope", "NIL"), bodystructure=imap.get("bodystructure", "NIL"),
                            body=imap.get("body", "NIL"), message_id=record.get("message_id", ""),
                            email_id=email_id)
-
-    _describe_cache = {}
 
     def _describe(self, n: int) -> dict:
         """FETCH strings for a message stored before they were kept in its record."""
@@ -478,9 +468,9 @@ class MailStore:
                                 "blobs": [list(x) for x in mine], "thread": thread, "mid": hashes[k][0],
                                 "hash": hashes[k][1], "size": new.size})
                 uids = {}
-                for user, name, flag_names, date, zone in entries:
+                for user, name, flags, date, zone in entries:
                     box = self._box(state, user, name)
-                    uid, record = self._add_entries_records(alloc, state, user, box, n, flag_names, date, zone)
+                    uid, record = self._add_entries_records(alloc, state, user, box, n, flags, date, zone)
                     records.append(record)
                     uids[(user, box.name)] = uid
                 if extra_records is not None:

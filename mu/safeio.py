@@ -74,6 +74,18 @@ def write_json_atomic(path: str, value) -> None:
     write_atomic(path, json_bytes(value))
 
 
+def replace_with_empty(path: str) -> None:
+    """Replace `path` with an empty file, durably (a journal folded into a new snapshot)."""
+    fresh = path + ".new"
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(fresh, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
 def open_append(path: str) -> int:
     """An O_APPEND descriptor on `path`, created 0600."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)

@@ -393,12 +393,7 @@ class Store:
         """(Caller holds the exclusive flock and _mu, and has caught up.)"""
         snapshot = {"format": FORMAT, "seq": self._seq, "state": self.state.dump()}
         safeio.write_json_atomic(self.snapshot_path, snapshot)
-        fresh = self.journal_path + ".new"
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, safeio.FILE_MODE)
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(fresh, self.journal_path)
-        safeio.fsync_dir(self.home)
+        safeio.replace_with_empty(self.journal_path)
         self._journal_ino = os.stat(self.journal_path).st_ino
         self._journal_offset = 0
 

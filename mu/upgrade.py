@@ -47,12 +47,7 @@ def upgrade_if_needed(store) -> bool:
     legacy = _replay_legacy(snapshot, store.journal_path)
     state, count = _convert(store, legacy)
     safeio.write_json_atomic(store.snapshot_path, {"format": FORMAT, "seq": legacy["seq"], "state": state.dump()})
-    fresh = store.journal_path + ".new"
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, safeio.FILE_MODE)
-    os.fsync(fd)
-    os.close(fd)
-    os.replace(fresh, store.journal_path)
-    safeio.fsync_dir(store.home)
+    safeio.replace_with_empty(store.journal_path)
     log("store", f"upgraded {store.home} from {LEGACY_FORMAT} to {FORMAT} ({count} messages)")
     return True
 
