@@ -58,15 +58,14 @@ def backup(store, dest: str) -> dict:
             opened["mail.json"] = (os.open(store.snapshot_path, os.O_RDONLY), None)
             journal = os.open(store.journal_path, os.O_RDONLY)
             opened["mail.journal"] = (journal, os.fstat(journal).st_size)
-            for family in ("blobs", "meta"):
+            for family in ("blobs",):
                 folder = os.path.join(store.home, family)
                 for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
                     if name.endswith(SUFFIX):
                         fd = os.open(os.path.join(folder, name), os.O_RDONLY)
                         opened[os.path.join(family, name)] = (fd, os.fstat(fd).st_size)
         safeio.ensure_dir(dest)
-        for family in ("blobs", "meta"):
-            safeio.ensure_dir(os.path.join(dest, family))
+        safeio.ensure_dir(os.path.join(dest, "blobs"))
         copied = 0
         for name, (fd, length) in opened.items():
             length = os.fstat(fd).st_size if length is None else length
@@ -85,7 +84,7 @@ def backup(store, dest: str) -> dict:
                 target = os.path.join(dest, "keys", name)
                 shutil.copyfile(os.path.join(keys, name), target)
                 os.chmod(target, safeio.FILE_MODE)
-        for folder in (dest, os.path.join(dest, "blobs"), os.path.join(dest, "meta"), os.path.join(dest, "keys")):
+        for folder in (dest, os.path.join(dest, "blobs"), os.path.join(dest, "keys")):
             if os.path.isdir(folder):
                 safeio.fsync_dir(folder)
         return {"files": len(opened), "bytes": copied}
@@ -156,7 +155,7 @@ def check(store) -> tuple:
             try:
                 record = json.loads(store.meta.read_line(pos, length))
             except (OSError, ValueError) as exc:
-                problems.append(f"message {n}: record at {_where('meta', pos)} unreadable: {exc}")
+                problems.append(f"message {n}: record at {_where('blobs', pos)} unreadable: {exc}")
                 continue
             for field in ("raw_blob", "body_blob", "html_blob"):
                 index = record.get(field)

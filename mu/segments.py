@@ -1,9 +1,11 @@
-"""Append-only segment files of JSON lines: the blob packs and the message records.
+"""Append-only segment files of JSON lines, holding the blobs and the message records:
 
-    blobs/NNNNNN.jsonl   each line a JSON string: one blob (raw message, long body, HTML,
-                         attachment) in base64
-    meta/NNNNNN.jsonl    each line a JSON object: one message's record (headers, snippet,
-                         body or where it is, attachments, authentication results)
+    blobs/NNNNNN.jsonl   a line is either a JSON string (one blob: raw message, long body,
+                         HTML, attachment, in base64) or a JSON object (one message's
+                         record: headers, snippet, body or where it is, attachments,
+                         authentication results); the store knows which from where it points
+
+One family of files for both, so a commit syncs one file before its journal records.
 
 A line is found by its position, two numbers kept in the store's index: `seg << 40 |
 offset` and the line's length. Lines are only ever appended (under the store's exclusive
@@ -70,9 +72,8 @@ class JSONLines(Codec):
 
 
 class Segments:
-    def __init__(self, folder: str, codec: Codec, rotate_bytes: int = ROTATE_BYTES):
+    def __init__(self, folder: str, rotate_bytes: int = ROTATE_BYTES):
         self.folder = safeio.ensure_dir(folder)
-        self.codec = codec
         self.rotate_bytes = rotate_bytes
         self._seg = None        # number of the segment appends go to
         self._fd = None         # its cached append descriptor
@@ -127,12 +128,11 @@ class Segments:
         self._fd, self._seg = fd, seg
         return fd, size
 
-    def append(self, items) -> list:
-        """Write every item durably; return [(position, length)] in the same order."""
-        if not items:
+    def append_lines(self, lines) -> list:
+        """Write every line (each ending in a newline) durably; [(position, length)] of each."""
+        if not lines:
             return []
         fd, offset = self._open_current()
-        lines = [self.codec.encode(item) for item in items]
         out = []
         for line in lines:
             out.append((pack_position(self._seg, offset), len(line)))
@@ -166,9 +166,6 @@ class Segments:
         if len(line) != length or not line.endswith(b"\n"):
             raise OSError(f"{self._path(seg)}: line at {offset} is cut short")
         return line
-
-    def read(self, pos: int, length: int):
-        return self.codec.decode(self.read_line(pos, length))
 
     def close_readers(self) -> None:
         with self._readers_lock:
@@ -220,3 +217,22 @@ class Segments:
     def newest(self):
         numbers = self.numbers()
         return numbers[-1] if numbers else None
+
+
+class SegmentView:
+    """One kind of line in the segments (blobs or records), with its codec."""
+
+    def __init__(self, segments: Segments, codec: Codec):
+        self.segments, self.codec = segments, codec
+
+    def append(self, items) -> list:
+        return self.segments.append_lines([self.codec.encode(item) for item in items])
+
+    def encode(self, item) -> bytes:
+        return self.codec.encode(item)
+
+    def read_line(self, pos: int, length: int) -> bytes:
+        return self.segments.read_line(pos, length)
+
+    def read(self, pos: int, length: int):
+        return self.codec.decode(self.segments.read_line(pos, length))

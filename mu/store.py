@@ -5,12 +5,12 @@ On disk, under MU_HOME:
     mail.json      snapshot: {"format": "mu-store-2", "seq": N, "state": {...}}; the
                    message and mailbox columns in it are base64 arrays (mu/columns.py)
     mail.journal   JSON lines, one record each: {"seq": N, "op": "...", ...}
-    meta/*.jsonl   message records: JSON lines, one object each (mu/segments.py)
-    blobs/*.jsonl  raw messages, long bodies, HTML and attachments: JSON lines, each one
-                   JSON string holding one blob in base64
+    blobs/*.jsonl  segments (mu/segments.py): JSON lines, each either one message's record
+                   (a JSON object) or one blob (raw message, long body, HTML, attachment: a
+                   JSON string of its base64)
     .lock          flock(2) target shared by the server and the CLI (holds "{}")
 
-A commit appends its blobs and message records to their segments (fdatasync), then its
+A commit appends its blobs and message records to the newest segment (fdatasync), then its
 records to the journal (fdatasync), so a record never points at bytes that are not on disk.
 Loading reads the snapshot and replays journal records with a higher seq; a torn last line
 (a crash mid-append) was never acknowledged and is dropped. Compaction writes a new
@@ -36,7 +36,7 @@ from collections import OrderedDict
 
 from . import safeio
 from .log import log
-from .segments import Base64Lines, JSONLines, Segments, unpack_position
+from .segments import Base64Lines, JSONLines, Segments, SegmentView, unpack_position
 from .state import FORMAT, State
 
 COMPACT_MIN_JOURNAL_BYTES = 32 * 1024 * 1024
@@ -74,8 +74,9 @@ class Store:
         self.snapshot_path = os.path.join(home, "mail.json")
         self.journal_path = os.path.join(home, "mail.journal")
         self.lock_path = os.path.join(home, ".lock")
-        self.blobs = Segments(os.path.join(home, "blobs"), Base64Lines())
-        self.meta = Segments(os.path.join(home, "meta"), JSONLines())
+        self.segments = Segments(os.path.join(home, "blobs"))
+        self.blobs = SegmentView(self.segments, Base64Lines())
+        self.meta = SegmentView(self.segments, JSONLines())
         self._mu = threading.RLock()
         self._cv = threading.Condition(threading.Lock())
         self._queue = []
@@ -108,8 +109,7 @@ class Store:
 
     def close(self) -> None:
         """Close the store's descriptors (a command or test done with it; the server never does)."""
-        self.blobs.close()
-        self.meta.close()
+        self.segments.close()
         for attr in ("_journal_fd", "_writer_lock_fd"):
             fd = getattr(self, attr, None)
             if fd is not None:
@@ -137,8 +137,7 @@ class Store:
         """Snapshot plus journal (caller holds flock and _mu)."""
         # A new snapshot may come with a reclamation pass that made new segments: append
         # there from now on, so the old ones can empty and go.
-        self.blobs.forget_current()
-        self.meta.forget_current()
+        self.segments.forget_current()
         before = {user: um.generation for user, um in self.state.mail.items()}
         _ino, self._seq, self.state = snapshot or self._read_snapshot()
         for user, um in self.state.mail.items():   # IDLE waits on these: they never go back
@@ -312,8 +311,10 @@ class Store:
             with self._writer_lock():
                 with self._mu:
                     self._catch_up(truncate_torn=True)
-                blob_pos = self.blobs.append([b for t in batch for b in t.blobs])
-                meta_pos = self.meta.append([m for t in batch for m in t.metas])
+                blob_lines = [self.blobs.encode(b) for t in batch for b in t.blobs]
+                meta_lines = [self.meta.encode(m) for t in batch for m in t.metas]
+                written = self.segments.append_lines(blob_lines + meta_lines)   # one fdatasync
+                blob_pos, meta_pos = written[:len(blob_lines)], written[len(blob_lines):]
                 lines = []
                 with self._mu:
                     for t in batch:
@@ -409,31 +410,26 @@ class Store:
 
     # ---------------------------------------------------------------- reclamation
 
-    def _usage(self) -> dict:
-        """For each family ('blobs', 'meta'): (segment -> size, segment -> live bytes,
-        segment -> [(pos, length)] live lines). Caller holds _mu."""
+    def _usage(self) -> tuple:
+        """(segment -> size, segment -> live bytes, segment -> [(pos, length)] of its live
+        lines: records and blobs of messages a mailbox or the queue still holds). Caller
+        holds _mu."""
         state = self.state
-        live = state.live_messages()
-        out = {}
-        for family, segments in (("blobs", self.blobs), ("meta", self.meta)):
-            sizes = segments.sizes()
-            live_bytes = dict.fromkeys(sizes, 0)
-            lines = {}
-            out[family] = (sizes, live_bytes, lines)
-        msgs = state.messages
-        blob_sizes, blob_live, blob_lines = out["blobs"]
-        meta_sizes, meta_live, meta_lines = out["meta"]
-        for n in live:
-            pos, length = msgs.meta_pos[n], msgs.meta_len[n]
+        sizes = self.segments.sizes()
+        live_bytes = dict.fromkeys(sizes, 0)
+        lines = {}
+
+        def note(pos, length):
             seg = unpack_position(pos)[0]
-            meta_live[seg] = meta_live.get(seg, 0) + length
-            meta_lines.setdefault(seg, []).append((pos, length))
+            live_bytes[seg] = live_bytes.get(seg, 0) + length
+            lines.setdefault(seg, []).append((pos, length))
+
+        msgs = state.messages
+        for n in state.live_messages():
+            note(msgs.meta_pos[n], msgs.meta_len[n])
             for b in state.blob_numbers(n):
-                pos, length = state.blobs.pos[b], state.blobs.len[b]
-                seg = unpack_position(pos)[0]
-                blob_live[seg] = blob_live.get(seg, 0) + length
-                blob_lines.setdefault(seg, []).append((pos, length))
-        return out
+                note(state.blobs.pos[b], state.blobs.len[b])
+        return sizes, live_bytes, lines
 
     @staticmethod
     def _reclaimable(sizes: dict, live: dict, min_dead_bytes: int) -> tuple:
@@ -456,45 +452,38 @@ class Store:
         or another process still holding an old position can read it meanwhile; a segment
         nothing points at when a pass starts is removed then. The newest segment, where
         appends go, is never removed. Writes wait while live lines are copied, so a pass can
-        be held to the `max_segments` deadest segments of each family.
+        be held to the `max_segments` deadest segments.
         """
         from .backup import removal_allowed
-        rewritten, removed, freed = [], [], 0
         with safeio.flocked(self.lock_path, exclusive=True):
             may_remove = removal_allowed(self.home)   # not while a backup copies segments
             with self._mu:
                 self._catch_up(truncate_torn=True)
-                usage = self._usage()
-                changed = False
-                for family, segments in (("blobs", self.blobs), ("meta", self.meta)):
-                    sizes, live, lines = usage[family]
-                    unused, mostly_dead = self._reclaimable(sizes, live, min_dead_bytes)
-                    unused = unused if may_remove else []
-                    mostly_dead = sorted(mostly_dead, key=lambda s: live.get(s, 0) - sizes[s])[:max_segments]
-                    if mostly_dead:
-                        moved = segments.copy_to_new(sorted(p for s in mostly_dead for p in lines.get(s, ())))
-                        self._move_positions(family, moved)
-                        changed = True
-                    for seg in unused:
-                        segments.remove(seg)
-                        freed += sizes[seg]
-                    rewritten += [f"{family}/{s:06d}" for s in mostly_dead]
-                    removed += [f"{family}/{s:06d}" for s in unused]
-                if changed or always_compact:
+                sizes, live, lines = self._usage()
+                unused, mostly_dead = self._reclaimable(sizes, live, min_dead_bytes)
+                unused = unused if may_remove else []
+                mostly_dead = sorted(mostly_dead, key=lambda s: live.get(s, 0) - sizes[s])[:max_segments]
+                if mostly_dead:
+                    moved = self.segments.copy_to_new(sorted(p for s in mostly_dead for p in lines.get(s, ())))
+                    self._move_positions(moved)
+                for seg in unused:
+                    self.segments.remove(seg)
+                if mostly_dead or always_compact:
                     self._snapshot_and_reset_journal()
+        freed = sum(sizes[s] for s in unused)
+        rewritten, removed = [f"{s:06d}" for s in mostly_dead], [f"{s:06d}" for s in unused]
         if rewritten or removed:
             log("store", f"segments: {len(rewritten)} rewritten, {len(removed)} removed ({freed} bytes freed)")
         return {"rewritten": rewritten, "removed": removed, "bytes_freed": freed}
 
-    def _move_positions(self, family: str, moved: dict) -> None:
-        column = self.state.blobs.pos if family == "blobs" else self.state.messages.meta_pos
-        for i, pos in enumerate(column):
-            new = moved.get(pos)
-            if new is not None:
-                column[i] = new
-        if family == "meta":
-            with self._meta_cache_lock:
-                self._meta_cache.clear()
+    def _move_positions(self, moved: dict) -> None:
+        for column in (self.state.blobs.pos, self.state.messages.meta_pos):
+            for i, pos in enumerate(column):
+                new = moved.get(pos)
+                if new is not None:
+                    column[i] = new
+        with self._meta_cache_lock:
+            self._meta_cache.clear()
 
     def maybe_reclaim(self) -> bool:
         """The hourly look at the segments: reclaim when there is something to."""
@@ -503,8 +492,8 @@ class Store:
             return False
         self._last_reclaim_check = now
         with self.reading():
-            usage = self._usage()
-        if any(any(self._reclaimable(sizes, live, RECLAIM_MIN_DEAD_BYTES)) for sizes, live, _ in usage.values()):
+            sizes, live, _lines = self._usage()
+        if any(self._reclaimable(sizes, live, RECLAIM_MIN_DEAD_BYTES)):
             self.reclaim(max_segments=1)
             return True
         return False
