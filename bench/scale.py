@@ -98,7 +98,7 @@ def wait_indexed(mu, token: str, word: str, timeout: float = 1800) -> None:
 def start_timed(mu) -> float:
     """Seconds from starting the server process until the API answers."""
     t = time.perf_counter()
-    mu.start()
+    mu.start(timeout=300)
     token = mu.bench_token
     while api_get(mu.web_port, "/api/mail?limit=1", token)[1] != 200:
         time.sleep(0.05)
@@ -141,7 +141,7 @@ def bench_scale(tmp: str, row) -> None:
     row("import from a local mbox", f"{100_000 / seconds:.0f}", "msg/s", "100,000 messages; target ≥ 2,000")
 
     # Search over a 100,000-message mailbox (the index is built by the server in the background).
-    big.start()
+    big.start(timeout=300)
     try:
         wait_indexed(big, big.bench_token, "tok99999")
         hit = statistics.median(api_get(big.web_port, "/api/mail?q=tok12345&limit=50", big.bench_token)[0]
@@ -156,7 +156,7 @@ def bench_scale(tmp: str, row) -> None:
     grow(big, 200_000, 100_000)
     pages = {}
     for name, mu in (("1,000", small), ("200,000", big)):
-        mu.start()
+        mu.start(timeout=300)
         try:
             if mu is big:
                 wait_indexed(big, big.bench_token, "tok199999")

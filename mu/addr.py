@@ -12,6 +12,7 @@ surrogates, bidirectional overrides and noncharacters (see NEVER_TEXT).
 """
 
 import ipaddress
+import functools
 import re
 import unicodedata
 
@@ -153,6 +154,13 @@ def parse(address: str) -> tuple:
     The local part comes back exactly as given; the domain in A-label form, lower case."""
     if not isinstance(address, str):
         raise AddressError("not an email address")
+    return _parse(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(address: str) -> tuple:
+    """(A received message's addresses are checked by the session, the policy, the blocklist
+    and the mailbox in turn: a pure function of the text, so each is worked out once.)"""
     local, domain = split(address)   # nothing trimmed: what is checked is what travels on
     if not valid_local(local):
         raise AddressError(f"invalid local part: {local!r}")

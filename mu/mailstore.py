@@ -301,14 +301,6 @@ class MailStore:
         with self.store.reading() as state:
             return MailboxView(self._box(state, user, name), state.messages.size)
 
-    def _message_info(self, view, i: int, n: int, email_id: str, record: dict) -> MessageInfo:
-        imap = record.get("imap") or self._describe(n)
-        return MessageInfo(uid=view.uids[i], size=view.size(i), internal_date=view.internal_date(i),
-                           internal_tz=view.internal_zone(i), flags=view.flags(i), modseq=view.modseq(i),
-                           envelope=imap.get("envelope", "NIL"), bodystructure=imap.get("bodystructure", "NIL"),
-                           body=imap.get("body", "NIL"), message_id=record.get("message_id", ""),
-                           email_id=email_id)
-
     def _describe(self, n: int) -> dict:
         """FETCH strings for a message stored before they were kept in its record."""
         cached = self._describe_cache.get(n)
@@ -324,28 +316,40 @@ class MailStore:
         return found[0] if found else None
 
     def messages(self, user: str, name: str, uids) -> list:
+        """[MessageInfo] of those UIDs still in the mailbox, in UID order. What the index
+        holds is taken under the lock (no copy of the mailbox); the records are read after,
+        in the order they lie on disk, parsing only the FETCH strings out of each."""
         with self.store.reading() as state:
-            view = MailboxView(self._box(state, user, name), state.messages.size)
+            box = self._box(state, user, name)
             table = state.messages
+            keywords = list(box.keywords)
             picks = []
             for uid in sorted(set(uids)):
-                i = view.index_of(uid)
+                i = box.index_of(uid)
                 if i is not None:
-                    n = view.msgs[i]
-                    picks.append((i, n, table.id_of(n), table.meta_pos[n], table.meta_len[n]))
-        # Records are read outside the lock, in the order they lie on disk; a big range
-        # is not kept in the record cache (it would push out what the web app reads).
-        bulk = len(picks) > 64
-        records = {}
-        for _i, n, _id, pos, length in sorted(picks, key=lambda p: p[3]):
-            records[n] = self.store.meta_at(pos, length, cache=not bulk)
-        return [self._message_info(view, i, n, email_id, records[n]) for i, n, email_id, _p, _l in picks]
+                    n = box.msgs[i]
+                    picks.append((uid, n, table.id_of(n), table.meta_pos[n], table.meta_len[n], table.size[n],
+                                  box.flags[i], box.modseqs[i], box.dates[i], box.zones[i]))
+        fields = {}
+        for pick in sorted(picks, key=lambda p: p[3]):
+            n, pos, length = pick[1], pick[3], pick[4]
+            fields[n] = recordmod.fetch_fields(self.store.meta.read_line(pos, length))
+        out = []
+        for uid, n, email_id, _pos, _len, size, mask, modseq, date, zone in picks:
+            imap, message_id, _raw = fields[n]
+            imap = imap or self._describe(n)
+            out.append(MessageInfo(uid=uid, size=size, internal_date=date, internal_tz=zone,
+                                   flags=flag_names(mask, keywords), modseq=modseq,
+                                   envelope=imap.get("envelope", "NIL"), bodystructure=imap.get("bodystructure", "NIL"),
+                                   body=imap.get("body", "NIL"), message_id=message_id, email_id=email_id))
+        return out
 
     def raw_of(self, n: int) -> bytes:
-        record = self.store.meta_record(n)
         with self.store.reading() as state:
             first = state.messages.first_blob[n]
-        return self.store.blob(first + record["raw_blob"])
+            pos, length = state.messages.meta_pos[n], state.messages.meta_len[n]
+        _imap, _mid, raw_index = recordmod.fetch_fields(self.store.meta.read_line(pos, length))
+        return self.store.blob(first + raw_index)
 
     def headers(self, user: str, name: str, uids) -> dict:
         """{uid: the raw header block} for those still present (SEARCH FROM/SUBJECT/HEADER,

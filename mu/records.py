@@ -14,6 +14,9 @@ message and the record names them by their index among those (`"raw_blob": 0`). 
 """
 
 
+import json
+import re
+
 from . import mime, safeio
 
 INLINE_BODY_CHARS = 1024
@@ -116,6 +119,36 @@ def from_raw(raw: bytes, kind: str, owners, created_at: float, extra: dict = Non
     else:
         parsed = mime.parse(raw)
     return from_parsed(parsed, raw, kind, owners, created_at, extra)
+
+
+_DECODER = json.JSONDecoder()
+_RAW_BLOB = re.compile(rb'"raw_blob":(\d+)')
+
+
+def fetch_fields(line: bytes) -> tuple:
+    """(the "imap" FETCH strings or None, Message-ID, raw_blob) read from a record's line
+    without decoding all of it: a FETCH of ENVELOPE over a whole mailbox reads one record
+    a message, and the short parts it needs are all it parses."""
+    text = line.decode("utf-8", "surrogateescape")
+    imap = None
+    at = text.rfind('"imap":{')
+    if at >= 0:
+        try:
+            imap = _DECODER.raw_decode(text, at + 7)[0]
+        except ValueError:
+            imap = None
+    message_id = ""
+    at = text.find('"message_id":"')
+    if at >= 0:
+        try:
+            message_id = json.decoder.scanstring(text, at + 14)[0]
+        except ValueError:
+            message_id = ""
+    raw = _RAW_BLOB.search(line)
+    if imap is None or raw is None:   # an older or unusual record: read it whole
+        record = json.loads(line)
+        return record.get("imap"), record.get("message_id", ""), record.get("raw_blob", 0)
+    return imap, message_id, int(raw.group(1))
 
 
 def blob_index(record: dict, field: str):

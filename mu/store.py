@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +46,7 @@ COMPACT_MIN_JOURNAL_BYTES = 32 * 1024 * 1024
 RECLAIM_MIN_DEAD_BYTES = 8 * 1024 * 1024
 RECLAIM_INTERVAL_SECONDS = 3600.0
 META_CACHE_ENTRIES = 4096
+_SNAPSHOT_HEAD = re.compile(rb'\{"format":"[^"]*","seq":(\d+),"moves":(\d+),')
 
 
 class StoreError(Exception):
@@ -83,6 +85,7 @@ class Store:
         self._leader_active = False
         self.state = State()
         self._seq = 0
+        self._moves = 0          # reclamation passes that moved lines, as the snapshot says
         self._journal_ino = None
         self._journal_offset = 0
         self._journal_fd = None
@@ -94,7 +97,8 @@ class Store:
         self._writer_lock_fd = safeio.open_lock_file(self.lock_path)
         with safeio.flocked(self.lock_path, exclusive=True):
             if not os.path.exists(self.snapshot_path):
-                safeio.write_json_atomic(self.snapshot_path, {"format": FORMAT, "seq": 0, "state": State().dump()})
+                safeio.write_json_atomic(self.snapshot_path, {"format": FORMAT, "seq": 0, "moves": 0,
+                                                              "state": State().dump()})
             else:
                 from .upgrade import upgrade_if_needed
                 upgrade_if_needed(self)
@@ -125,13 +129,13 @@ class Store:
     # ---------------------------------------------------------------- loading
 
     def _read_snapshot(self) -> tuple:
-        """(inode, seq, State) of mail.json."""
+        """(inode, seq, moves, State) of mail.json."""
         with open(self.snapshot_path, "rb") as f:
             ino = os.fstat(f.fileno()).st_ino
             snapshot = json.load(f)
         if snapshot.get("format") != FORMAT:
             raise StoreError(f"{self.snapshot_path}: unknown format {snapshot.get('format')!r}")
-        return ino, snapshot["seq"], State.from_dump(snapshot["state"])
+        return ino, snapshot["seq"], snapshot.get("moves", 0), State.from_dump(snapshot["state"])
 
     def _load_all(self, truncate_torn: bool, snapshot: tuple = None) -> None:
         """Snapshot plus journal (caller holds flock and _mu)."""
@@ -139,7 +143,7 @@ class Store:
         # there from now on, so the old ones can empty and go.
         self.segments.forget_current()
         before = {user: um.generation for user, um in self.state.mail.items()}
-        _ino, self._seq, self.state = snapshot or self._read_snapshot()
+        _ino, self._seq, self._moves, self.state = snapshot or self._read_snapshot()
         for user, um in self.state.mail.items():   # IDLE waits on these: they never go back
             um.generation = max(um.generation, before.get(user, 0) + 1)
         self._journal_ino, self._journal_offset = None, 0
@@ -183,10 +187,27 @@ class Store:
             st = os.stat(self.journal_path)
         except FileNotFoundError:
             st = None
-        if st is None or st.st_ino != self._journal_ino or st.st_size < self._journal_offset:
+        if st is not None and st.st_ino != self._journal_ino and self._folded_what_we_hold():
+            # Another process folded the journal we had read to its end into a snapshot that
+            # moved nothing: our state is that snapshot, so only the new journal is news (a
+            # million-message state is not parsed again for every compaction).
+            self._journal_ino, self._journal_offset = st.st_ino, 0
+            self._read_journal_tail(truncate_torn)
+        elif st is None or st.st_ino != self._journal_ino or st.st_size < self._journal_offset:
             self._load_all(truncate_torn)
         elif st.st_size > self._journal_offset:
             self._read_journal_tail(truncate_torn)
+
+    def _folded_what_we_hold(self) -> bool:
+        """Whether mail.json is a snapshot at our seq with the positions we hold: its first
+        bytes say its seq and how many reclamation passes moved lines (`moves`)."""
+        try:
+            with open(self.snapshot_path, "rb") as f:
+                head = f.read(128)
+        except OSError:
+            return False
+        match = _SNAPSHOT_HEAD.match(head)
+        return bool(match) and int(match.group(1)) == self._seq and int(match.group(2)) == self._moves
 
     def changed_on_disk(self) -> bool:
         try:
@@ -392,7 +413,7 @@ class Store:
 
     def _snapshot_and_reset_journal(self) -> None:
         """(Caller holds the exclusive flock and _mu, and has caught up.)"""
-        snapshot = {"format": FORMAT, "seq": self._seq, "state": self.state.dump()}
+        snapshot = {"format": FORMAT, "seq": self._seq, "moves": self._moves, "state": self.state.dump()}
         safeio.write_json_atomic(self.snapshot_path, snapshot)
         safeio.replace_with_empty(self.journal_path)
         self._journal_ino = os.stat(self.journal_path).st_ino
@@ -403,7 +424,9 @@ class Store:
             snapshot_bytes = os.path.getsize(self.snapshot_path)
         except OSError:
             snapshot_bytes = 0
-        if self._journal_offset > max(COMPACT_MIN_JOURNAL_BYTES, snapshot_bytes):
+        # Half the snapshot's size: replaying a journal costs more per byte than loading the
+        # snapshot, and start-up time is bounded by both.
+        if self._journal_offset > max(COMPACT_MIN_JOURNAL_BYTES, snapshot_bytes // 2):
             self.compact()
             return True
         return False
@@ -466,6 +489,7 @@ class Store:
                 if mostly_dead:
                     moved = self.segments.copy_to_new(sorted(p for s in mostly_dead for p in lines.get(s, ())))
                     self._move_positions(moved)
+                    self._moves += 1   # other processes must load the new snapshot, not skip it
                 for seg in unused:
                     self.segments.remove(seg)
                 if mostly_dead or always_compact:

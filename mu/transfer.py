@@ -338,6 +338,9 @@ class Importer:
             return
         self.imported += len(batch)
         self.bytes += sum(len(s.raw) for s, _n, _e in batch)
+        # Fold the journal as it grows, as the server would: a large import must not leave
+        # the next start-up replaying every record it wrote.
+        self.store.maybe_compact()
 
     def _fail(self, source: Source, reason) -> None:
         self.failed += 1

@@ -45,7 +45,7 @@ def upgrade_if_needed(store) -> bool:
         raise UpgradeError(f"{store.snapshot_path}: unknown store format {snapshot.get('format')!r}")
     legacy = _replay_legacy(snapshot, store.journal_path)
     state, count = _convert(store, legacy)
-    safeio.write_json_atomic(store.snapshot_path, {"format": FORMAT, "seq": legacy["seq"], "state": state.dump()})
+    safeio.write_json_atomic(store.snapshot_path, {"format": FORMAT, "seq": legacy["seq"], "moves": 0, "state": state.dump()})
     safeio.replace_with_empty(store.journal_path)
     log("store", f"upgraded {store.home} from {LEGACY_FORMAT} to {FORMAT} ({count} messages)")
     return True

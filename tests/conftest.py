@@ -319,7 +319,7 @@ class Mu:
         """SUBMISSIONS_PORT (implicit TLS; open only when the server has a certificate)."""
         return int(self.env["SUBMISSIONS_PORT"])
 
-    def start(self, attempts: int = 3):
+    def start(self, attempts: int = 3, timeout: float = 20):
         for attempt in range(attempts):
             self.log_lines = []
             self.proc = subprocess.Popen([sys.executable, *self.program, "--serve", "--address",
@@ -329,7 +329,7 @@ class Mu:
             pump = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
             pump.start()
             wait_for(lambda: self.proc.poll() is not None or any("web: Listening on" in l for l in self.log_lines),
-                     timeout=20, message="mu to start")
+                     timeout=timeout, message="mu to start")
             if self.proc.poll() is None:
                 return self
             pump.join(5)

@@ -359,3 +359,27 @@ def test_sweeper_reclaims_hourly_and_only_when_worth_it(tmp_path, monkeypatch):
     s._last_reclaim_check -= store_mod.RECLAIM_INTERVAL_SECONDS
     assert s.maybe_reclaim() is True
     assert [raw_of(Store(str(tmp_path)), mid)[:20] for mid in ids[8:]] == [tag_of(8), tag_of(9)]
+
+
+def test_compaction_by_another_process_is_followed_without_reloading(tmp_path):
+    """A process that folded the journal we had read to its end into a snapshot leaves our
+    state as it is (a million-message state is not parsed again); one that also moved
+    lines (reclamation) makes us load its snapshot."""
+    s, other = Store(str(tmp_path)), Store(str(tmp_path))
+    put_user(s, "alice")
+    with other.reading():
+        pass                     # caught up to the end
+    held = other.state
+    s.compact()
+    put_user(s, "bob")
+    with other.reading() as state:
+        assert state is held and {"alice", "bob"} <= set(state.users)
+    keep = add_message(s, 1)
+    for mid in [add_message(s, i) for i in range(2, 8)]:
+        delete_message(s, mid)
+    with other.reading():
+        held = other.state
+    assert s.reclaim(min_dead_bytes=0)["rewritten"]
+    with other.reading() as state:
+        assert state is not held   # positions moved: loaded again
+    assert raw_of(other, keep)[:20] == tag_of(1)
