@@ -18,7 +18,7 @@ from typing import Optional
 from . import records as recordmod
 from .folders import (DEFAULT_MAILBOXES, DELETED, DELIMITER, SEEN, SPECIAL_USE, SYSTEM_FLAGS,
                       encode_uid_set, flag_names, positions_of)
-from .state import canonical_mailbox_name, content_hash, message_id_hash
+from .state import canonical_mailbox_name, content_hash, format_id, message_id_hash
 
 MAX_MAILBOX_NAME_CHARS = 255
 MAX_MAILBOX_DEPTH = 16
@@ -119,19 +119,51 @@ class MailboxView:
         return i if i < len(self.uids) and self.uids[i] == uid else None
 
 
-@dataclass(frozen=True)
 class MessageInfo:
-    uid: int
-    size: int
-    internal_date: int
-    internal_tz: int
-    flags: frozenset
-    modseq: int
-    envelope: str
-    bodystructure: str
-    body: str
-    message_id: str
-    email_id: str
+    """What a FETCH needs of one message without reading its body. Built for every message
+    of a FETCH 1:*, so each field is worked out only when asked for: the FETCH strings are
+    read out of the record's line as they are needed (one JSON string each)."""
+
+    __slots__ = ("uid", "size", "internal_date", "internal_tz", "modseq", "_mask", "_keywords",
+                 "_line", "_fields", "_id")
+
+    def __init__(self, uid, size, internal_date, internal_tz, modseq, mask, keywords, line, id_parts,
+                 fields=None):
+        self.uid, self.size, self.internal_date, self.internal_tz = uid, size, internal_date, internal_tz
+        self.modseq, self._mask, self._keywords = modseq, mask, keywords
+        self._line, self._id, self._fields = line, id_parts, fields or {}
+
+    @property
+    def flags(self) -> frozenset:
+        return flag_names(self._mask, self._keywords)
+
+    def _field(self, name: str) -> str:
+        value = self._fields.get(name)
+        if value is None:
+            within = b"" if name == "message_id" else b'"imap":{'
+            value = self._fields[name] = recordmod.record_string(self._line, name, within) or ""
+        return value
+
+    @property
+    def envelope(self) -> str:
+        return self._field("envelope") or "NIL"
+
+    @property
+    def bodystructure(self) -> str:
+        return self._field("bodystructure") or "NIL"
+
+    @property
+    def body(self) -> str:
+        return self._field("body") or "NIL"
+
+    @property
+    def message_id(self) -> str:
+        return self._field("message_id")
+
+    @property
+    def email_id(self) -> str:
+        """The API id of the message (RFC 8474 EMAILID): the same across mailboxes."""
+        return format_id(*self._id)
 
 
 class Allocator:
@@ -317,31 +349,27 @@ class MailStore:
 
     def messages(self, user: str, name: str, uids) -> list:
         """[MessageInfo] of those UIDs still in the mailbox, in UID order. What the index
-        holds is taken under the lock (no copy of the mailbox); the records are read after,
-        in the order they lie on disk, parsing only the FETCH strings out of each."""
+        holds is taken under the lock (no copy of the mailbox); the records' lines are read
+        after, in the order they lie on disk."""
         with self.store.reading() as state:
             box = self._box(state, user, name)
             table = state.messages
-            keywords = list(box.keywords)
+            keywords = tuple(box.keywords)
             picks = []
             for uid in sorted(set(uids)):
                 i = box.index_of(uid)
                 if i is not None:
                     n = box.msgs[i]
-                    picks.append((uid, n, table.id_of(n), table.meta_pos[n], table.meta_len[n], table.size[n],
-                                  box.flags[i], box.modseqs[i], box.dates[i], box.zones[i]))
-        fields = {}
-        for pick in sorted(picks, key=lambda p: p[3]):
-            n, pos, length = pick[1], pick[3], pick[4]
-            fields[n] = recordmod.fetch_fields(self.store.meta.read_line(pos, length))
+                    picks.append((uid, n, table.meta_pos[n], table.meta_len[n], table.size[n], box.flags[i],
+                                  box.modseqs[i], box.dates[i], box.zones[i], (table.id_time[n], table.id_suffix[n])))
+        lines = {}
+        for pick in sorted(picks, key=lambda p: p[2]):
+            lines[pick[1]] = self.store.meta.read_line(pick[2], pick[3])
         out = []
-        for uid, n, email_id, _pos, _len, size, mask, modseq, date, zone in picks:
-            imap, message_id, _raw = fields[n]
-            imap = imap or self._describe(n)
-            out.append(MessageInfo(uid=uid, size=size, internal_date=date, internal_tz=zone,
-                                   flags=flag_names(mask, keywords), modseq=modseq,
-                                   envelope=imap.get("envelope", "NIL"), bodystructure=imap.get("bodystructure", "NIL"),
-                                   body=imap.get("body", "NIL"), message_id=message_id, email_id=email_id))
+        for uid, n, _pos, _len, size, mask, modseq, date, zone, id_parts in picks:
+            line = lines[n]
+            fields = None if b'"imap":{' in line else self._describe(n)
+            out.append(MessageInfo(uid, size, date, zone, modseq, mask, keywords, line, id_parts, fields))
         return out
 
     def raw_of(self, n: int) -> bytes:

@@ -151,6 +151,26 @@ def fetch_fields(line: bytes) -> tuple:
     return imap, message_id, int(raw.group(1))
 
 
+def record_string(line: bytes, name: str, within: bytes = b""):
+    """The string value of key `name` in a record's line, read without decoding the rest:
+    the first one after `within` (e.g. b'"imap":{' for the FETCH strings, since the record's
+    own "body" comes first); None when absent."""
+    start = 0
+    if within:
+        start = line.rfind(within)
+        if start < 0:
+            return None
+    key = f'"{name}":"'.encode()
+    at = line.find(key, start)
+    if at < 0:
+        return None
+    text = line[at + len(key):].decode("utf-8", "surrogateescape")
+    try:
+        return json.decoder.scanstring(text, 0)[0]   # the string from after its opening quote
+    except ValueError:
+        return None
+
+
 def blob_index(record: dict, field: str):
     value = record.get(field)
     return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -202,12 +202,13 @@ class Message:
 
 
 def render(items: list, msg: Message, flags_text: bytes, uid_first: bool, extra_flags: bool,
-           condstore: bool) -> bytes:
+           condstore: bool, names: set = None) -> bytes:
     """The "(...)" of a FETCH response. `uid_first`: a UID command (UID always included);
     `extra_flags`: FLAGS added because \\Seen was just set; `condstore`: MODSEQ included
-    once CONDSTORE is on (RFC 7162 §3.1.4). Raises mimeinfo.UnknownEncoding for BINARY."""
+    once CONDSTORE is on (RFC 7162 §3.1.4); `names`: the items' names, when the caller
+    renders many messages. Raises mimeinfo.UnknownEncoding for BINARY."""
     out = []
-    names = {i.name for i in items}
+    names = names if names is not None else {i.name for i in items}
     if uid_first and "UID" not in names:
         out.append(b"UID %d" % msg.uid)
     for item in items:

@@ -35,7 +35,7 @@ from .selected import Selected, flags_lines, format_flags
 NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "NOT AUTHENTICATED", "AUTHENTICATED", "SELECTED", "LOGOUT"
 MAX_ERRORS = 20          # BAD responses in a row before the server says goodbye
 MAX_UPDATES = 5          # CONTEXT=SEARCH searches with UPDATE at once (RFC 5267 §4.2 NOUPDATE)
-FETCH_BATCH = 200        # messages asked of the store at once during FETCH
+FETCH_BATCH = 1000       # messages asked of the store at once during FETCH
 NO_EXPUNGE_COMMANDS = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 MAX_USERNAME_CHARS = 320  # longer than any valid login (name@domain): refused before any look-up
 MAX_ID_PAIRS = 30         # RFC 2971 §3.3
@@ -1050,6 +1050,8 @@ class Session:
         plan = plan or F.Plan(items)
         view = view or self.store.view(self.user, sel.name)
         missing = False
+        flag_texts = {}   # (flag mask, recent) -> (flags, their text): most messages share a few
+        names = {i.name for i in items}
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start:start + FETCH_BATCH]
             infos = {}
@@ -1068,11 +1070,15 @@ class Session:
                     if raw is None:
                         missing = True
                         continue
-                flags = view.flags(vi)
+                key = (view.flag_mask(vi), self.rev1 and sel.is_recent(u))
+                cached = flag_texts.get(key)
+                if cached is None:
+                    flags = view.flags(vi)
+                    cached = flag_texts[key] = (flags, format_flags(flags, key[1]))
+                flags, flags_text = cached
                 msg = F.Message(u, flags, view.modseq(vi), view.size(vi), view.internal_date(vi), info, raw)
-                flags_text = format_flags(flags, self.rev1 and sel.is_recent(u))
                 data = F.render(items, msg, flags_text, uid, u in seen_now,
-                                plan.force_modseq or (self.condstore and u in seen_now))
+                                plan.force_modseq or (self.condstore and u in seen_now), names)
                 if plan.wants_flags or u in seen_now:
                     sel.told[u] = max(sel.told.get(u, 0), view.modseq(vi))
                 self._write(b"* %d FETCH " % seq + data + b"\r\n")
