@@ -42,8 +42,9 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so a crash at any instant leaves the old or the new file.
+def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Replace `path` with `data` so a crash at any instant leaves the old or the new file
+    (`durable=False`: derived data, where the old one after a crash is as good).
 
     The temporary file is in the same folder because rename(2) is only atomic
     within one filesystem.
@@ -53,11 +54,13 @@ def write_atomic(path: str, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         write_all(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(folder)
+    if durable:
+        fsync_dir(folder)
 
 
 def json_bytes(value) -> bytes:

@@ -113,7 +113,10 @@ class SearchIndex:
                         safeio.write_all(fd, b"".join(chunk))
                     finally:
                         os.close(fd)
-                safeio.write_atomic(self._progress_path(), json.dumps({"format": FORMAT, "next": end}).encode())
+                # Derived data: replaced whole (never torn) but not synced, so indexing never
+                # waits on the disk that deliveries are flushing to.
+                safeio.write_atomic(self._progress_path(), json.dumps({"format": FORMAT, "next": end}).encode(),
+                                    durable=False)
                 return end - start
 
     def _line(self, n: int, record: dict) -> tuple:
@@ -135,10 +138,13 @@ class SearchIndex:
         self._stop.set()
 
     def _run(self) -> None:
+        """Index in the background, a batch at a time, yielding to mail coming in: while the
+        store is busy a batch a second at most (a search indexes whatever is left itself)."""
         while not self._stop.wait(INDEX_INTERVAL_SECONDS):
             try:
                 while self._index_batch(INDEX_BATCH) and not self._stop.is_set():
-                    pass
+                    if self.store.seconds_since_write() < INDEX_INTERVAL_SECONDS:
+                        break
             except Exception as exc:
                 log("store", f"search indexer: {exc!r}")
 

@@ -91,6 +91,7 @@ class Store:
         self._journal_fd = None
         self._journal_fd_ino = None
         self._last_reclaim_check = time.monotonic()
+        self._last_write = 0.0   # monotonic time of this process's last commit
         self._meta_cache = OrderedDict()
         self._meta_cache_lock = threading.Lock()
         self.listeners = []   # callables(set of users) run after each change (IMAP IDLE)
@@ -367,8 +368,13 @@ class Store:
                 with self._mu:
                     self._load_all(truncate_torn=True)
             return
+        self._last_write = time.monotonic()
         if touched:
             self._notify(touched)
+
+    def seconds_since_write(self) -> float:
+        """How long since this process last committed (background work yields to writes)."""
+        return time.monotonic() - self._last_write
 
     def _append_lines(self, lines) -> None:
         """Append to the journal (caller holds the writer flock and has just caught up,

@@ -185,7 +185,7 @@ class ReceivePolicy:
         (RFC 8601 §2.2). Every value that came from the peer is validated or quoted."""
         ip, helo, sender = envelope.peer_ip, envelope.helo or "", envelope.mail_from or ""
         host = self.hostname
-        now = email.utils.formatdate(time.time(), localtime=True)
+        now = _trace_date()
         proto = ("UTF8" if envelope.smtputf8 else "") + ("ESMTPS" if envelope.tls else "ESMTP" if envelope.esmtp else "SMTP")
         if proto.startswith("UTF8"):   # RFC 6531 §3.7.3: UTF8SMTP, UTF8SMTPS
             proto = "UTF8SMTPS" if envelope.tls else "UTF8SMTP"
@@ -208,6 +208,17 @@ class ReceivePolicy:
         auth_results = (f"Authentication-Results: {host};\r\n\tspf={spf_result} {spf_identity};"
                         f"\r\n\t{dkim_part};\r\n\t{dmarc_part}\r\n")
         return (received + received_spf + auth_results).encode("utf-8")
+
+
+_date_cache = [0, ""]
+
+
+def _trace_date() -> str:
+    """The RFC 5322 date for trace fields, in local time: worked out once a second."""
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache[:] = [second, email.utils.formatdate(second, localtime=True)]
+    return _date_cache[1]
 
 
 def _best_dkim_result(dkim_results: list) -> str:
