@@ -431,7 +431,7 @@ class Mailbox:
                         pass   # made meanwhile
             info = self.mailstore.create_mailbox(user, name)
         except MailboxExists as exc:
-            raise MailError(exc.text, 409) from None
+            raise MailError(exc.text, 400) from None
         except MailStoreError as exc:
             raise MailError(exc.text) from None
         return self.folder(user, info.name)
@@ -452,7 +452,7 @@ class Mailbox:
         try:
             self.mailstore.rename_mailbox(user, old, new)
         except MailboxExists as exc:
-            raise MailError(exc.text, 409) from None
+            raise MailError(exc.text, 400) from None
         except NoSuchMailbox:
             raise FolderNotFound(name) from None
         except MailStoreError as exc:

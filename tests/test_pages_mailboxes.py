@@ -268,7 +268,7 @@ def test_folders_page_creates_renames_and_deletes(b):
 
 
 @pytest.mark.parametrize("path,fields,status", [
-    ("/mail/folders", {"name": "Archive"}, 409),
+    ("/mail/folders", {"name": "Archive"}, 400),
     ("/mail/folders", {"name": "a//b"}, 400),
     ("/mail/folders/rename", {"folder": "Sent", "name": "Outbox"}, 403),
     ("/mail/folders/rename", {"folder": "Nope", "name": "X"}, 404),
