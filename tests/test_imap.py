@@ -727,3 +727,22 @@ def test_app_password_logs_in_and_stops_working_once_revoked(tmp_path):
         imap.logout()
     finally:
         site.close()
+
+
+def test_revoked_app_password_ends_an_open_session(tmp_path, monkeypatch):
+    """A session logged in with an app password that is then revoked is logged out at its
+    next command (the check runs at most every CREDENTIAL_RECHECK_SECONDS; 0 here)."""
+    from mu.imap import session as imap_session
+    monkeypatch.setattr(imap_session, "CREDENTIAL_RECHECK_SECONDS", 0)
+    site = IMAPSite(tmp_path)
+    try:
+        name = site.add_user("tablet")
+        _label, secret = site.app.accounts.create_app_password(name, "tablet")
+        imap = site.connect()
+        imap.login(name, secret)
+        assert imap.select("INBOX")[0] == "OK"
+        site.app.accounts.revoke_app_password(name, "tablet")
+        with pytest.raises(imaplib.IMAP4.abort, match="no longer works"):
+            imap.noop()
+    finally:
+        site.close()

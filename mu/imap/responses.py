@@ -25,6 +25,7 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # ---------------------------------------------------------------- greeting and goodbyes
 GREETING = "mu IMAP ready"
 BYE_LOGOUT = "Logging out"
+BYE_CREDENTIALS_REVOKED = "Logged out: the password or app password of this session no longer works"
 BYE_TIMEOUT = "Autologout: idle for too long"
 BYE_IDLE_TIMEOUT = "IDLE has lasted too long; please reconnect"
 BYE_TOO_MANY_ERRORS = "Too many protocol errors, closing connection"

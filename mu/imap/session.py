@@ -36,6 +36,7 @@ NOT_AUTHENTICATED, AUTHENTICATED, SELECTED, LOGOUT = "NOT AUTHENTICATED", "AUTHE
 MAX_ERRORS = 20          # BAD responses in a row before the server says goodbye
 MAX_UPDATES = 5          # CONTEXT=SEARCH searches with UPDATE at once (RFC 5267 §4.2 NOUPDATE)
 FETCH_BATCH = 1000       # messages asked of the store at once during FETCH
+CREDENTIAL_RECHECK_SECONDS = 30.0   # how stale a session's check of its login may be
 NO_EXPUNGE_COMMANDS = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD"}
 MAX_USERNAME_CHARS = 320  # longer than any valid login (name@domain): refused before any look-up
 MAX_ID_PAIRS = 30         # RFC 2971 §3.3
@@ -128,6 +129,8 @@ class Session:
         self.notify_seen = None     # the notify.Snapshot last reported
         self.errors = 0
         self.closing = False        # the server closes after writing what is queued
+        self.login = None           # what authenticate_client answered (for still_valid)
+        self._credentials_checked = 0.0
         self.start_tls = False      # the server starts TLS after writing what is queued
 
     # ------------------------------------------------------------ capabilities and modes
@@ -203,6 +206,9 @@ class Session:
             if method is None:
                 raise Bad(R.BAD_UNKNOWN)
             self._check_state(name)
+            if self.state in (AUTHENTICATED, SELECTED) and not self._credentials_still_valid():
+                self.bye(R.BYE_CREDENTIALS_REVOKED)
+                return
             result = method(tag, reader, uid) if name in self._UID_COMMANDS else method(tag, reader)
             if self.state == SELECTED and self.selected is not None and name not in ("IDLE",):
                 self._report(allow_expunge=name not in NO_EXPUNGE_COMMANDS)
@@ -228,6 +234,16 @@ class Session:
         except Exception as exc:   # a bug costs one command, never the connection
             log("imap", f"error in {name} from {self.peer_ip}: {exc!r}")
             self._tagged(tag, "NO", R.NO_SERVERBUG)
+
+    def _credentials_still_valid(self) -> bool:
+        """Whether the password or app password this session logged in with still works
+        (checked at most every CREDENTIAL_RECHECK_SECONDS): a revoked app password, a changed
+        password or a disabled account ends the session at its next command."""
+        now = time.monotonic()
+        if now - self._credentials_checked < CREDENTIAL_RECHECK_SECONDS:
+            return True
+        self._credentials_checked = now
+        return self.login is None or self.ctx.accounts.still_valid(self.login)
 
     _UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"})
 
@@ -394,6 +410,7 @@ class Session:
         if user is None:
             raise No(R.NO_LOGIN)
         name = user["name"]
+        self.login, self._credentials_checked = user, time.monotonic()
         self.user = name
         self.state = AUTHENTICATED
         self.conn.authenticated()
