@@ -1316,7 +1316,7 @@ class Session:
         options, partial, esearch = None, None, False
         if r.maybe(b"RETURN "):
             options, partial = S.parse_return(r)
-            if options & {"UPDATE", "CONTEXT", "SAVE"} - {"SAVE"}:
+            if options & {"UPDATE", "CONTEXT"}:
                 raise Bad("SORT does not take UPDATE")
             if "PARTIAL" in options:
                 raise Bad("SORT does not take PARTIAL")
@@ -1324,12 +1324,7 @@ class Session:
             r.sp()
         criteria = SORT.parse_criteria(r)
         r.sp()
-        self._charset(r)
-        r.sp()
-        key = S.parse_keys(r)
-        view = self.store.view(self.user, sel.name)
-        uids = self._run_search(key, view)
-        ordered = SORT.sort(self._facts(uids, view), criteria)
+        ordered = SORT.sort(self._charset_and_search(r, sel), criteria)
         numbers = [f.uid if uid else f.seq for f in ordered]
         if esearch:
             if "SAVE" in options:
@@ -1341,6 +1336,15 @@ class Session:
             self.untagged(b"SORT" + b"".join(b" %d" % n for n in numbers))
         return R.OK_DONE.format(command="UID SORT" if uid else "SORT")
 
+    def _charset_and_search(self, r, sel) -> list:
+        """The `charset SP search-key` tail that SORT and THREAD share (RFC 5256 §3): the
+        facts of the selected mailbox's messages that match."""
+        self._charset(r)
+        r.sp()
+        key = S.parse_keys(r)
+        view = self.store.view(self.user, sel.name)
+        return self._facts(self._run_search(key, view), view)
+
     def cmd_THREAD(self, tag, r, uid=False):
         sel = self.selected
         r.sp()
@@ -1348,12 +1352,7 @@ class Session:
         if algorithm not in SORT.THREAD_ALGORITHMS:
             raise BadSyntax(f"Unknown THREAD algorithm {algorithm}")
         r.sp()
-        self._charset(r)
-        r.sp()
-        key = S.parse_keys(r)
-        view = self.store.view(self.user, sel.name)
-        uids = self._run_search(key, view)
-        roots = SORT.thread(self._facts(uids, view), algorithm)
+        roots = SORT.thread(self._charset_and_search(r, sel), algorithm)
         line = SORT.format_threads(roots, (lambda f: f.uid) if uid else (lambda f: f.seq))
         self.untagged(b"THREAD " + line if line else b"THREAD")
         return R.OK_DONE.format(command="UID THREAD" if uid else "THREAD")
