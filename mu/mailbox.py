@@ -605,6 +605,11 @@ class Mailbox:
                 break
         return [self._view_of(p, with_body) for p in picks]
 
+    def search_pending(self) -> int:
+        """Messages stored but not yet searchable (the index catches up in the background)."""
+        from .search import not_indexed
+        return not_indexed(self.mailstore)
+
     # ------------------------------------------------------------ changing
 
     def _change_flags(self, user: str, msg_id: str, mode: str, flags) -> None:

@@ -17,7 +17,7 @@ from typing import Optional
 
 from . import records as recordmod
 from .folders import (DEFAULT_MAILBOXES, DELETED, DELIMITER, SEEN, SPECIAL_USE, SYSTEM_FLAGS,
-                      encode_uid_set, flag_names, positions_of)
+                      encode_uid_set, first_without, flag_names, positions_of)
 from .state import canonical_mailbox_name, content_hash, format_id, message_id_hash
 
 MAX_MAILBOX_NAME_CHARS = 255
@@ -99,6 +99,10 @@ class MailboxView:
 
     def flag_mask(self, i: int) -> int:
         return self._flags[i]
+
+    def first_unseen(self):
+        """The position of the first message without \\Seen, or None."""
+        return first_without(self._flags, SEEN)
 
     def modseq(self, i: int) -> int:
         return self._modseqs[i]
@@ -330,8 +334,16 @@ class MailStore:
     # ------------------------------------------------------------ reading
 
     def view(self, user: str, name: str) -> MailboxView:
+        """A copy of the mailbox's columns, shared by every reader until the mailbox next
+        changes: each IMAP command looks at its mailbox, and copying a million entries
+        for each would make a command's cost grow with the mailbox."""
         with self.store.reading() as state:
-            return MailboxView(self._box(state, user, name), state.messages.size)
+            box = self._box(state, user, name)
+            key = (box.version, box.name, box.uidvalidity, box.special_use)
+            cached = box.cached_view
+            if cached is None or cached[0] != key:
+                cached = box.cached_view = (key, MailboxView(box, state.messages.size))
+            return cached[1]
 
     def _describe(self, n: int) -> dict:
         """FETCH strings for a message stored before they were kept in its record."""

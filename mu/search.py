@@ -17,6 +17,7 @@ so 100,000 messages answer in well under a second and the newest hits come first
 import json
 import os
 import threading
+import time
 
 from . import safeio
 from .log import log
@@ -25,6 +26,7 @@ CHUNK_BYTES = 4 * 1024 * 1024
 MAX_TEXT_CHARS = 256 * 1024
 INDEX_BATCH = 2000
 INDEX_INTERVAL_SECONDS = 1.0
+WEB_INDEX_SECONDS = 2.0
 FORMAT = 2
 # Where a search looks: the web's search, IMAP SEARCH TEXT and BODY (RFC 9051 §6.4.4).
 FIELDS = {"text": (1, 2), "imap-text": (2, 3), "body": (2,)}
@@ -75,15 +77,28 @@ class SearchIndex:
     def _user_path(self, user: str) -> str:
         return os.path.join(self.folder, f"{user}.jsonl")
 
-    def catch_up(self, limit: int = None) -> int:
-        """Index the messages stored since the last call (at most `limit`); return how many."""
+    def catch_up(self, limit: int = None, seconds: float = None) -> int:
+        """Index the messages stored since the last call (at most `limit`, for at most about
+        `seconds`); return how many."""
         total = 0
+        deadline = None if seconds is None else time.monotonic() + seconds
         while limit is None or total < limit:
             done = self._index_batch(INDEX_BATCH if limit is None else min(INDEX_BATCH, limit - total))
-            if not done:
+            if not done or (deadline is not None and time.monotonic() >= deadline):
                 break
             total += done
         return total
+
+    def behind(self) -> int:
+        """How many stored messages are not in the files yet (a search does not see them)."""
+        try:
+            with open(self._progress_path(), "rb") as f:
+                progress = json.load(f)
+            done = int(progress.get("next", 0)) if progress.get("format") == FORMAT else 0
+        except (OSError, ValueError, AttributeError):
+            done = 0
+        with self.store.reading() as state:
+            return max(0, len(state.messages) - done)
 
     def _index_batch(self, limit: int) -> int:
         with self._lock:
@@ -150,12 +165,13 @@ class SearchIndex:
 
     # ------------------------------------------------------------ searching
 
-    def scan(self, user: str, needle: str, where: str = "text"):
+    def scan(self, user: str, needle: str, where: str = "text", index_seconds: float = None):
         """Message numbers whose text holds `needle` (case-insensitively), newest first, each
         once. `where`: "text" (the web's: subject, from, to and body), "imap-text" (every
-        header field and the body) or "body"."""
+        header field and the body) or "body". Messages not indexed yet are indexed first, for
+        at most `index_seconds` (None: all of them, so the answer is complete)."""
         fields = FIELDS[where]
-        self.catch_up()
+        self.catch_up(seconds=index_seconds)
         pattern = _encoded(needle)
         folded = _fold(needle)
         if not pattern:
@@ -207,8 +223,15 @@ def _index(mailstore) -> SearchIndex:
 
 
 def search_user(mailstore, user: str, needle: str):
-    """Message numbers of the user's messages matching `needle`, newest first."""
-    return _index(mailstore).scan(user, needle)
+    """Message numbers of the user's messages matching `needle`, newest first. A web search
+    waits for the indexer at most WEB_INDEX_SECONDS: after a large import the index takes a
+    while to catch up, and until then the answer holds what is indexed (see `behind`)."""
+    return _index(mailstore).scan(user, needle, index_seconds=WEB_INDEX_SECONDS)
+
+
+def not_indexed(mailstore) -> int:
+    """Messages a web search cannot see yet."""
+    return _index(mailstore).behind()
 
 
 def text_matches(mailstore, user: str, needle: str, candidates: set, where: str = "imap-text") -> set:

@@ -232,6 +232,23 @@ def test_search_within_a_named_folder(site):
     assert [m["subject"] for m in site.listing("bobby", "Archive", q="zebra")] == ["zebra one"]
 
 
+def test_a_search_while_the_index_is_behind_answers_at_once_and_says_so(site, monkeypatch):
+    from mu import search
+    for i in range(5):
+        site.send(subject=f"zebra {i}")
+    # The index may not catch up within a request: one message a batch, no time to spare.
+    monkeypatch.setattr(search, "INDEX_BATCH", 1)
+    monkeypatch.setattr(search, "WEB_INDEX_SECONDS", 0)
+    status, data = site.call("bobby", "GET", "/api/mail?q=zebra")
+    assert status == 200 and 0 < data["indexing"] < 10 and len(data["messages"]) < 5
+    page = site.inproc.web.request("GET", "/mail?q=zebra", token=site.tokens["bobby"]).text
+    assert "Search is still indexing" in page
+    monkeypatch.setattr(search, "WEB_INDEX_SECONDS", 60)
+    monkeypatch.setattr(search, "INDEX_BATCH", 2000)
+    status, data = site.call("bobby", "GET", "/api/mail?q=zebra")
+    assert "indexing" not in data and len(data["messages"]) == 5
+
+
 # ---------------------------------------------------------------- one message
 
 def test_patch_read_and_flagged_200_seen_by_imap(site):

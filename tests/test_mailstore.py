@@ -100,6 +100,24 @@ def test_copy_and_move_keep_flags_and_dates_and_report_uid_pairs(site):
     assert b"Subject: a" in ms.raw("alice", "Archive", 1)
 
 
+def test_a_view_is_shared_until_its_mailbox_changes_and_stays_as_it_was(site):
+    ms = site.app.mailstore
+    for subject in ("one", "two", "three"):
+        ms.append("alice", "INBOX", message(subject), flags=["\\Seen"])
+    first = ms.view("alice", "INBOX")
+    assert ms.view("alice", "INBOX") is first and first.first_unseen() is None
+    ms.set_flags("alice", "INBOX", [2], "remove", ["\\Seen"])
+    second = ms.view("alice", "INBOX")
+    assert second is not first and second.first_unseen() == 1
+    assert first.first_unseen() is None and "\\Seen" in first.flags(1)   # a reader's copy holds still
+    ms.append("alice", "INBOX", message("four"))
+    third = ms.view("alice", "INBOX")
+    assert len(third) == 4 and len(second) == 3
+    ms.rename_mailbox("alice", "INBOX", "Old")
+    assert ms.view("alice", "Old").name == "Old"
+    assert len(ms.view("alice", "INBOX")) == 0
+
+
 def test_create_rename_delete_mailboxes(site, tmp_path):
     ms = site.app.mailstore
     ms.create_mailbox("alice", "Work")
@@ -259,3 +277,13 @@ def test_upgrade_from_format_1(tmp_path):
     again = InProcess(tmp_path)
     assert again.app.mailstore.mailbox("alice", "INBOX").uidvalidity == validity
     assert again.app.mailbox.search("alice", "plain body")[0]["subject"] == "Grüße"
+
+
+def test_first_without_finds_the_first_mask_lacking_a_bit():
+    from array import array
+    from mu.folders import SEEN, first_without
+    masks = array("Q", [SEEN | 1 << 40, SEEN | 1 << 9, 1 << 9, SEEN, 0])
+    assert first_without(masks, SEEN) == 2
+    assert first_without(array("Q", [SEEN] * 1000), SEEN) is None
+    assert first_without(array("Q"), SEEN) is None
+    assert first_without(masks, 2) == 0

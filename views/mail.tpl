@@ -21,6 +21,9 @@
   </form>
   % end
 </div>
+% if query and get('pending', 0):
+<p class="notice">Search is still indexing {{pending}} message{{'' if pending == 1 else 's'}}; these results may be incomplete.</p>
+% end
 % if not messages:
 <p class="empty">{{'No messages match.' if query else {'INBOX': 'Your inbox is empty.', 'Sent': 'Nothing sent yet.', 'Drafts': 'No drafts.', 'Trash': 'Trash is empty.', 'Junk': 'No junk.'}.get(folder, 'No messages in %s.' % label)}}</p>
 % end

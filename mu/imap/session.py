@@ -482,9 +482,9 @@ class Session:
         self.untagged(b"%d EXISTS" % len(sel))
         if self.rev1:
             self.untagged(b"%d RECENT" % sel.recent_count())
-            first_unseen = next((i + 1 for i in range(len(view.uids)) if "\\Seen" not in view.flags(i)), None)
+            first_unseen = view.first_unseen()
             if first_unseen is not None:
-                self.untagged(f"OK [UNSEEN {first_unseen}] First unseen")
+                self.untagged(f"OK [UNSEEN {first_unseen + 1}] First unseen")
         for line in flags_lines(sel.keywords):
             self._write(line)
         if not self.rev1:   # RFC 9051 §6.3.2: IMAP4rev2's SELECT names the mailbox in a LIST

@@ -55,7 +55,12 @@ def install(web, app):
                                                 before=request.query.get("before") or None, with_body=True)
         except MailError as exc:
             mail_error(exc)
-        return _out({"messages": messages, "unread": unread})
+        out = {"messages": messages, "unread": unread}
+        if q:
+            pending = mailbox.search_pending()
+            if pending:   # after a large import: the answer holds what is indexed so far
+                out["indexing"] = pending
+        return _out(out)
 
     @web.get("/api/mail/<msg_id>")
     def get_mail(msg_id):

@@ -111,8 +111,9 @@ def install(web, app):
                 next_before = messages[-1]["id"] if len(messages) == 50 else None
         except MailError as exc:
             raise bottle.HTTPError(exc.status, str(exc))
+        pending = mailbox.search_pending() if query else 0
         return mail_render("mail", user, folder=name or "", messages=messages, query=query,
-                           next_before=next_before, threaded=threaded)
+                           next_before=next_before, threaded=threaded, pending=pending)
 
     @web.get("/mail")
     def inbox():
