@@ -90,6 +90,8 @@ class MailboxView:
         self.keywords = tuple(box.keywords)
         self.keywords_full = box.keywords_full
         self._sizes = sizes   # the store's size column: append-only, so safe to read
+        self.unseen = box.unseen
+        self._first_unseen = False
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -101,8 +103,11 @@ class MailboxView:
         return self._flags[i]
 
     def first_unseen(self):
-        """The position of the first message without \\Seen, or None."""
-        return first_without(self._flags, SEEN)
+        """The position of the first message without \\Seen, or None (worked out once: a
+        view is shared until its mailbox changes)."""
+        if self._first_unseen is False:
+            self._first_unseen = first_without(self._flags, SEEN) if self.unseen else None
+        return self._first_unseen
 
     def modseq(self, i: int) -> int:
         return self._modseqs[i]
