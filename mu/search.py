@@ -168,10 +168,16 @@ class SearchIndex:
     def scan(self, user: str, needle: str, where: str = "text", index_seconds: float = None):
         """Message numbers whose text holds `needle` (case-insensitively), newest first, each
         once. `where`: "text" (the web's: subject, from, to and body), "imap-text" (every
-        header field and the body) or "body". Messages not indexed yet are indexed first, for
-        at most `index_seconds` (None: all of them, so the answer is complete)."""
+        header field and the body) or "body". Messages not indexed yet are indexed first:
+        all of them when `index_seconds` is None, so the answer is complete; otherwise a
+        backlog of one batch (mail that just arrived) for at most `index_seconds`, and a
+        larger one (an import) is left to the background indexer: indexing in the threads
+        that serve requests would also leave every one of them holding heap it used once."""
         fields = FIELDS[where]
-        self.catch_up(seconds=index_seconds)
+        if index_seconds is None:
+            self.catch_up()
+        elif self.behind() <= INDEX_BATCH:
+            self.catch_up(seconds=index_seconds)
         pattern = _encoded(needle)
         folded = _fold(needle)
         if not pattern:
@@ -224,8 +230,9 @@ def _index(mailstore) -> SearchIndex:
 
 def search_user(mailstore, user: str, needle: str):
     """Message numbers of the user's messages matching `needle`, newest first. A web search
-    waits for the indexer at most WEB_INDEX_SECONDS: after a large import the index takes a
-    while to catch up, and until then the answer holds what is indexed (see `behind`)."""
+    indexes a small backlog itself, for at most WEB_INDEX_SECONDS: after a large import the
+    index takes a while to catch up, and until then the answer holds what is indexed (see
+    `behind`)."""
     return _index(mailstore).scan(user, needle, index_seconds=WEB_INDEX_SECONDS)
 
 
