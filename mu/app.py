@@ -135,6 +135,30 @@ def _settle_heap() -> None:
     _give_back_freed_memory()
 
 
+# glibc mallopt(3) parameters.
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 256 * 1024
+MALLOC_ARENAS = 2
+
+
+def _tune_heap() -> None:
+    """Keep a long-running server's heap near what it uses. glibc gives each thread that
+    allocates an arena of its own (up to 8 a core) and, once a large block is freed, raises
+    the size above which blocks are mapped rather than carved from an arena; together, a
+    search that reads its index in 4 MiB chunks left each of Waitress's threads holding
+    such chunks: 250 MiB of RSS at 200,000 messages instead of 85. A fixed threshold keeps
+    large blocks mapped (given back when freed), and the interpreter lock lets one thread
+    run at a time, so two arenas cost no speed."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):
+        pass   # not glibc: nothing to do
+
+
 def _give_back_freed_memory() -> None:
     """Return the heap that loading the snapshot used and freed to the system: glibc keeps
     it otherwise (about half the RSS of a freshly started server of a million messages)."""
@@ -191,6 +215,7 @@ def serve(config, host: str, port: int) -> int:
     # starts, the stack size every thread is made with (why: mu/smtp/server.py).
     backstop.start(config.shutdown_seconds + BACKSTOP_EXTRA_SECONDS)
     threading.stack_size(THREAD_STACK_BYTES)
+    _tune_heap()
     _keep_to_cpus(config.cpus)
     app = App(config)
     if _claim_home(config.home) is None:

@@ -189,19 +189,19 @@ class SearchIndex:
         seen = set()
         try:
             end = os.fstat(fd).st_size
-            carry = b""
             while end > 0:
-                start = max(0, end - CHUNK_BYTES)
-                data = os.pread(fd, end - start, start) + carry
-                if start > 0:
-                    cut = data.find(b"\n") + 1
-                    carry, data = data[:cut], data[cut:]
-                    if cut == 0:   # one line longer than a chunk: read further back
-                        carry, data = data, b""
-                else:
-                    carry = b""
+                # Each read ends where the previous one's first whole line began, so no
+                # line is cut and no chunk is copied to glue a carried piece on.
+                chunk = CHUNK_BYTES
+                while True:
+                    start = max(0, end - chunk)
+                    data = os.pread(fd, end - start, start)
+                    first = data.find(b"\n") + 1 if start > 0 else 0
+                    if start == 0 or 0 < first < len(data):
+                        break
+                    chunk *= 2   # no whole line in the chunk: read further back
                 hits = []
-                i = data.find(pattern)
+                i = data.find(pattern, first)
                 while i >= 0:
                     line_start = data.rfind(b"\n", 0, i) + 1
                     line_end = data.find(b"\n", i)
@@ -216,7 +216,8 @@ class SearchIndex:
                         seen.add(n)
                     i = data.find(pattern, line_end)
                 yield from reversed(hits)
-                end = start
+                end = start + first
+                del data
         finally:
             os.close(fd)
 

@@ -240,6 +240,20 @@ def test_search_finds_body_and_subject_newest_first(site):
     assert ms.search_text("alice", "INBOX", "zebra") == {4, 14, 24}
 
 
+@pytest.mark.parametrize("chunk", [1, 37, 200, 4096])
+def test_search_reads_its_index_in_chunks_without_losing_or_repeating_a_line(site, monkeypatch, chunk):
+    from mu import search
+    ms = site.app.mailstore
+    for i in range(30):
+        body = ("word " * (60 if i % 4 == 0 else 2)) + f"mark{i:02d} common"   # some lines longer than a chunk
+        ms.append("alice", "INBOX", message(f"chunked {i}", body=body))
+    monkeypatch.setattr(search, "CHUNK_BYTES", chunk)
+    everything = site.app.mailbox.search("alice", "common", limit=100)
+    assert [h["subject"] for h in everything] == [f"chunked {i}" for i in range(29, -1, -1)]
+    assert [h["subject"] for h in site.app.mailbox.search("alice", "mark17")] == ["chunked 17"]
+    assert [h["subject"] for h in site.app.mailbox.search("alice", "mark00")] == ["chunked 0"]
+
+
 def test_upgrade_from_format_1(tmp_path):
     home = tmp_path / "home"
     shutil.copytree(os.path.join(DATA, "store-v1"), home)
