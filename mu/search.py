@@ -27,6 +27,7 @@ MAX_TEXT_CHARS = 256 * 1024
 INDEX_BATCH = 2000
 INDEX_INTERVAL_SECONDS = 1.0
 WEB_INDEX_SECONDS = 2.0
+MAX_INDEX_DELAY_SECONDS = 10.0
 FORMAT = 2
 # Where a search looks: the web's search, IMAP SEARCH TEXT and BODY (RFC 9051 §6.4.4).
 FIELDS = {"text": (1, 2), "imap-text": (2, 3), "body": (2,)}
@@ -154,9 +155,16 @@ class SearchIndex:
 
     def _run(self) -> None:
         """Index in the background, a batch at a time, yielding to mail coming in: while the
-        store is busy a batch a second at most (a search indexes whatever is left itself)."""
+        store is being written to, indexing waits until the backlog is a batch or
+        MAX_INDEX_DELAY_SECONDS old (a web search indexes a small backlog itself), so a burst
+        of deliveries is not slowed by indexing that can as well come a second later."""
+        last_run = time.monotonic()
         while not self._stop.wait(INDEX_INTERVAL_SECONDS):
             try:
+                busy = self.store.seconds_since_write() < INDEX_INTERVAL_SECONDS
+                if busy and time.monotonic() - last_run < MAX_INDEX_DELAY_SECONDS and self.behind() < INDEX_BATCH:
+                    continue
+                last_run = time.monotonic()
                 while self._index_batch(INDEX_BATCH) and not self._stop.is_set():
                     if self.store.seconds_since_write() < INDEX_INTERVAL_SECONDS:
                         break
