@@ -379,9 +379,9 @@ class MailStore:
                     n = box.msgs[i]
                     picks.append((uid, n, table.meta_pos[n], table.meta_len[n], table.size[n], box.flags[i],
                                   box.modseqs[i], box.dates[i], box.zones[i], (table.id_time[n], table.id_suffix[n])))
-        lines = {}
-        for pick in sorted(picks, key=lambda p: p[2]):
-            lines[pick[1]] = self.store.meta.read_line(pick[2], pick[3])
+        on_disk = sorted(picks, key=lambda p: p[2])
+        lines = {pick[1]: line for pick, line in
+                 zip(on_disk, self.store.meta.read_lines([(p[2], p[3]) for p in on_disk]))}
         out = []
         for uid, n, _pos, _len, size, mask, modseq, date, zone, id_parts in picks:
             line = lines[n]

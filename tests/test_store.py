@@ -383,3 +383,22 @@ def test_compaction_by_another_process_is_followed_without_reloading(tmp_path):
     with other.reading() as state:
         assert state is not held   # positions moved: loaded again
     assert raw_of(other, keep)[:20] == tag_of(1)
+
+
+def test_segment_lines_read_together_are_the_lines_read_one_by_one(tmp_path, monkeypatch):
+    from mu import segments
+    seg = segments.Segments(str(tmp_path / "blobs"), rotate_bytes=5000)   # several segments
+    rng = random.Random(7)
+    spans = []
+    for i in range(400):
+        line = (f"{i}:" + "x" * rng.choice([1, 10, 300, 3000])).encode() + b"\n"
+        spans += seg.append_lines([line])
+    monkeypatch.setattr(segments, "READ_GAP_BYTES", 500)
+    monkeypatch.setattr(segments, "READ_SPAN_BYTES", 4000)
+    for _ in range(20):
+        picked = sorted(rng.sample(spans, rng.randint(1, 60)) + [spans[5]] * rng.randint(0, 2))
+        assert seg.read_lines(picked) == [seg.read_line(pos, length) for pos, length in picked]
+    assert seg.read_lines([]) == []
+    pos, length = spans[0]
+    with pytest.raises(OSError):
+        seg.read_lines([(pos, length + 1)])   # a span that does not end a line
