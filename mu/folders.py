@@ -147,6 +147,12 @@ class MailboxIndex:
     def __len__(self) -> int:
         return len(self.uids)
 
+    def _changed(self) -> None:
+        """Every change to the columns or keywords comes through here: readers' shared copy
+        is out of date, and dropped at once rather than held until the next reader."""
+        self.version += 1
+        self.cached_view = None
+
     # ------------------------------------------------------------ flags
 
     def bits_for(self, names, create: bool = True) -> int:
@@ -161,7 +167,7 @@ class MailboxIndex:
                     continue
                 bit = 1 << (len(SYSTEM_FLAGS) + len(self.keywords))
                 self.keywords.append(name)
-                self.version += 1
+                self._changed()
                 self._keyword_bits[low] = bit
             mask |= bit
         return mask
@@ -192,7 +198,7 @@ class MailboxIndex:
     def add(self, uid: int, n: int, mask: int, modseq: int, date: int, zone: int) -> None:
         if self.uids and uid <= self.uids[-1]:
             raise ValueError(f"{self.name}: UID {uid} is not above {self.uids[-1]}")
-        self.version += 1
+        self._changed()
         self.uids.append(uid)
         self.msgs.append(n)
         self.flags.append(mask)
@@ -207,7 +213,7 @@ class MailboxIndex:
 
     def change_flags(self, uids, mode: str, mask: int, modseq: int) -> None:
         """Apply `mode` (replace/add/remove) of `mask` to the entries with these UIDs."""
-        self.version += 1
+        self._changed()
         for uid in uids:
             i = self.index_of(uid)
             if i is None:
@@ -225,7 +231,7 @@ class MailboxIndex:
 
     def remove(self, uids, modseq: int) -> list:
         """Drop the entries with these UIDs; return the message numbers they held."""
-        self.version += 1
+        self._changed()
         drop = set(uids)
         keep = [i for i, uid in enumerate(self.uids) if uid not in drop] if len(drop) * 8 > len(self.uids) else None
         gone_msgs = []

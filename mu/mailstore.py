@@ -373,9 +373,14 @@ class MailStore:
             table = state.messages
             keywords = tuple(box.keywords)
             picks = []
+            box_uids = box.uids
+            i = -2
             for uid in sorted(set(uids)):
-                i = box.index_of(uid)
-                if i is not None:
+                # The UIDs asked for are often the mailbox's next ones: try there first.
+                i = i + 1 if 0 <= i + 1 < len(box_uids) and box_uids[i + 1] == uid else box.index_of(uid)
+                if i is None:
+                    i = -2
+                else:
                     n = box.msgs[i]
                     picks.append((uid, n, table.meta_pos[n], table.meta_len[n], table.size[n], box.flags[i],
                                   box.modseqs[i], box.dates[i], box.zones[i], (table.id_time[n], table.id_suffix[n])))

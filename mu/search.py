@@ -85,9 +85,9 @@ class SearchIndex:
         deadline = None if seconds is None else time.monotonic() + seconds
         while limit is None or total < limit:
             done = self._index_batch(INDEX_BATCH if limit is None else min(INDEX_BATCH, limit - total))
+            total += done
             if not done or (deadline is not None and time.monotonic() >= deadline):
                 break
-            total += done
         return total
 
     def behind(self) -> int:

@@ -301,3 +301,4 @@ def test_first_without_finds_the_first_mask_lacking_a_bit():
     assert first_without(array("Q", [SEEN] * 1000), SEEN) is None
     assert first_without(array("Q"), SEEN) is None
     assert first_without(masks, 2) == 0
+

@@ -1069,16 +1069,19 @@ class Session:
         missing = False
         flag_texts = {}   # (flag mask, recent) -> (flags, their text): most messages share a few
         names = {i.name for i in items}
+        vi = si = -2   # positions in the view and the session's list; UIDs mostly run in step
+        view_uids, session_uids = view.uids, sel.uids
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start:start + FETCH_BATCH]
             infos = {}
             if plan.needs_info:
                 infos = {i.uid: i for i in self.store.messages(self.user, sel.name, batch)}
             for u in batch:
-                vi = view.index_of(u)
+                vi = vi + 1 if 0 <= vi + 1 < len(view_uids) and view_uids[vi + 1] == u else _position(view_uids, u)
+                si = si + 1 if 0 <= si + 1 < len(session_uids) and session_uids[si + 1] == u else _position(session_uids, u)
                 info = infos.get(u)
-                seq = sel.seq_of(u)
-                if vi is None or seq is None or (plan.needs_info and info is None):
+                seq = si + 1
+                if vi < 0 or si < 0 or (plan.needs_info and info is None):
                     missing = True
                     continue
                 raw = None
@@ -1356,6 +1359,12 @@ class Session:
         line = SORT.format_threads(roots, (lambda f: f.uid) if uid else (lambda f: f.seq))
         self.untagged(b"THREAD " + line if line else b"THREAD")
         return R.OK_DONE.format(command="UID THREAD" if uid else "THREAD")
+
+
+def _position(uids, uid: int) -> int:
+    """The position of `uid` in an ascending array of UIDs, or -2 when it is not there."""
+    i = bisect.bisect_left(uids, uid)
+    return i if i < len(uids) and uids[i] == uid else -2
 
 
 def _esort_response(tag: bytes, uid: bool, options: set, numbers: list) -> bytes:
