@@ -421,6 +421,12 @@ class MailStore:
             n = box.msgs[i]
         return self.raw_of(n)
 
+    def index_for_search(self, progress=None) -> None:
+        """Bring the search index up to date; `progress(done, goal)` is called every few
+        seconds while that takes long (see search.index_fully)."""
+        from .search import index_fully
+        index_fully(self, progress)
+
     def search_text(self, user: str, name: str, needle: str, uids=None, body_only: bool = False) -> set:
         """UIDs whose header fields or body text (`body_only`: body text only) hold `needle`,
         case-insensitively (RFC 9051 §6.4.4 TEXT and BODY)."""

@@ -28,6 +28,7 @@ INDEX_BATCH = 2000
 INDEX_INTERVAL_SECONDS = 1.0
 WEB_INDEX_SECONDS = 2.0
 MAX_INDEX_DELAY_SECONDS = 10.0
+PROGRESS_SECONDS = 5.0
 FORMAT = 2
 # Where a search looks: the web's search, IMAP SEARCH TEXT and BODY (RFC 9051 §6.4.4).
 FIELDS = {"text": (1, 2), "imap-text": (2, 3), "body": (2,)}
@@ -243,6 +244,21 @@ def search_user(mailstore, user: str, needle: str):
     index takes a while to catch up, and until then the answer holds what is indexed (see
     `behind`)."""
     return _index(mailstore).scan(user, needle, index_seconds=WEB_INDEX_SECONDS)
+
+
+def index_fully(mailstore, progress=None, every_seconds: float = None) -> None:
+    """Index every message not yet indexed, calling `progress(done, goal)` every
+    `every_seconds` (PROGRESS_SECONDS) while there is more to do."""
+    index = _index(mailstore)
+    goal = index.behind()
+    done = 0
+    while goal:
+        step = index.catch_up(seconds=PROGRESS_SECONDS if every_seconds is None else every_seconds)
+        done += step
+        if not step or not index.behind():
+            return
+        if progress is not None:
+            progress(min(done, goal), goal)
 
 
 def not_indexed(mailstore) -> int:

@@ -338,6 +338,24 @@ def test_condstore_unchangedsince_refuses_a_stale_store(site, user):
     imap.logout()
 
 
+def test_a_text_search_behind_the_index_says_how_far_it_is_and_finds_everything(site, user, monkeypatch):
+    from mu import search
+    for i in range(6):
+        site.deliver(user, message(f"progress {i}", f"needle{i} in the text"))
+    # A backlog the search must work through: one message a batch, a report after each.
+    monkeypatch.setattr(search, "INDEX_BATCH", 1)
+    monkeypatch.setattr(search, "PROGRESS_SECONDS", 0)
+    imap = site.login(user)
+    ok(imap.select("INBOX"))
+    imap.untagged_responses.pop("INPROGRESS", None)
+    assert ok(imap.search(None, "BODY", "needle4"))[0].split() == [b"5"]
+    reports = [r.decode() for r in imap.untagged_responses.pop("INPROGRESS", [])]
+    assert reports, "no INPROGRESS report"
+    counts = [tuple(map(int, re.search(r'\((?:"[^"]*"|NIL) (\d+) (\d+)\)', r).groups())) for r in reports]
+    assert all(0 < done < goal for done, goal in counts) and counts == sorted(counts)
+    assert ok(imap.search(None, "TEXT", "needle2"))[0].split() == [b"3"]
+
+
 def test_enable_imap4rev2_makes_search_answer_esearch_and_drops_recent(site, user):
     site.deliver(user, message("rev2"))
     s = site.raw_connection()

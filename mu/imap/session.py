@@ -107,6 +107,7 @@ class _Source:
         return self._days.get(uid)
 
     def text_matches(self, needle, body_only, uids):
+        self.session.store.index_for_search(self.session.search_progress)
         return self.session.store.search_text(self.session.user, self.sel.name, needle, list(uids),
                                               body_only=body_only)
 
@@ -118,6 +119,7 @@ class Session:
         self.config = ctx.config
         self.conn = conn
         self.peer_ip = peer_ip
+        self.current_tag = b""
         self.tls_active = tls_active
         self.tls_available = tls_available and not tls_active
         self.state = NOT_AUTHENTICATED
@@ -177,6 +179,15 @@ class Session:
     def _tagged(self, tag: bytes, status: str, text: str) -> None:
         self._write(tag + b" " + status.encode() + b" " + text.encode("utf-8", "replace") + b"\r\n")
 
+    def search_progress(self, done: int, goal: int) -> None:
+        """While a text search waits for the search index to catch up (after a large
+        import), the client hears how far it is (RFC 9585 INPROGRESS), so it does not give
+        up on a command that is working."""
+        # A tag holds no quoted-specials (RFC 9051 §9: tag), so it quotes as it is.
+        tag = b'"' + self.current_tag + b'"' if self.current_tag else b"NIL"
+        self.untagged(b"OK [INPROGRESS (%s %d %d)] Indexing messages for search" % (tag, done, goal))
+        self.conn.flush()
+
     def bye(self, text: str) -> None:
         self.untagged("BYE " + text)
         self.closing = True
@@ -194,6 +205,7 @@ class Session:
         except BadSyntax:
             self._bad_command(b"*", R.BAD_NO_TAG)
             return
+        self.current_tag = tag
         uid = False
         try:
             if name == "UID":
