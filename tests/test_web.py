@@ -9,6 +9,7 @@ from email.message import EmailMessage
 import pytest
 
 from conftest import ARTIFACTS, unique
+from playwright.sync_api import expect
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -68,7 +69,7 @@ def test_signup_send_read_reply(browser, site, mu):
     shot(pb, "inbox-phone")
     assert "(1)" in pb.title()
     pb.get_by_role("link", name="Lunch <tomorrow>?").click()
-    assert pb.get_by_text("Are you free at noon?").is_visible()
+    expect(pb.get_by_text("Are you free at noon?")).to_be_visible()
     pb.get_by_role("link", name="Reply", exact=True).click()
     assert pb.get_by_label("To").input_value() == alice
     pb.get_by_label("Message").fill("Yes, see you there.")
@@ -76,7 +77,7 @@ def test_signup_send_read_reply(browser, site, mu):
     pb.wait_for_url(re.compile(r"/mail/\w+"))
     pa.goto(site + "/mail")
     pa.get_by_role("link", name="Re: Lunch <tomorrow>?").click()
-    assert pa.get_by_text("Are you free at noon?").count() >= 1     # the thread shows both
+    expect(pa.get_by_text("Are you free at noon?").first).to_be_visible()     # the thread shows both
     assert pa.get_by_text("Yes, see you there.").is_visible()
     shot(pa, "conversation")
     pa.context.close()
@@ -179,14 +180,16 @@ def test_blocklist_admin_page(browser, site, mu):
     assert "mail: Blocked IP: 192.0.2.7" in mu.log()
     shot(page, "blocklist")
     page.get_by_role("button", name="Unblock spammer@bad.example").click()
-    assert page.get_by_role("cell", name="spammer@bad.example", exact=True).count() == 0
+    expect(page.get_by_role("cell", name="spammer@bad.example", exact=True)).to_have_count(0)
     assert "spammer@bad.example" not in mu.cli("blocklist", "list").stdout
     page.goto(site + "/admin/users")
     other = mu.add_user()
     page.goto(site + "/admin/users")
     page.get_by_label(f"Credits to add for {other}").fill("12")
-    page.locator(f"form[action='/admin/users/{other}']").get_by_role("button", name="Add credits").click()
-    page.locator(f"form[action='/admin/users/{other}']").get_by_role("button", name="Make admin").click()
+    with page.expect_navigation():
+        page.locator(f"form[action='/admin/users/{other}']").get_by_role("button", name="Add credits").click()
+    with page.expect_navigation():
+        page.locator(f"form[action='/admin/users/{other}']").get_by_role("button", name="Make admin").click()
     assert f"{other} admin 12" in mu.cli("users", "list").stdout
     shot(page, "users")
     page.goto(site + "/admin/mail")
@@ -294,8 +297,9 @@ def test_conversation_view_groups_threads(browser, site, mu):
     assert rows.count() == 2
     assert rows.nth(1).locator(".count").inner_text() == "2"      # two messages of the thread in the inbox
     assert "unread" in rows.nth(1).get_attribute("class")
-    rows.nth(1).locator("a.subject").click()
-    assert page.locator("section.mail").count() == 3               # the conversation shows all three
+    with page.expect_navigation():
+        rows.nth(1).locator("a.subject").click()
+    expect(page.locator("section.mail")).to_have_count(3)          # the conversation shows all three
     page.context.close()
 
 
