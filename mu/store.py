@@ -27,6 +27,7 @@ running server without a restart.
 """
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -411,11 +412,61 @@ class Store:
         return self._journal_offset
 
     def compact(self) -> None:
-        """Fold the journal into a fresh snapshot."""
+        """Fold the journal into a fresh snapshot.
+
+        The state is captured under the locks, but the snapshot is encoded and written
+        without them: at a million messages that is over a second that deliveries would
+        otherwise wait for. Records committed meanwhile stay in the journal, which is cut
+        to them when the snapshot is put in place; a crash between the two steps leaves a
+        snapshot at seq S and a journal whose records up to S are skipped on replay."""
         with safeio.flocked(self.lock_path, exclusive=True):
             with self._mu:
                 self._catch_up(truncate_torn=True)
-                self._snapshot_and_reset_journal()
+                seq, moves, ino, offset = self._seq, self._moves, self._journal_ino, self._journal_offset
+                # Columns dump to new strings; the small tables are copied, as commits go on.
+                snapshot = copy.deepcopy({"format": FORMAT, "seq": seq, "moves": moves, "state": self.state.dump()})
+        fresh = f"{self.snapshot_path}.compact.{os.getpid()}"
+        try:
+            self._write_fresh_snapshot(fresh, snapshot)
+            del snapshot
+            with safeio.flocked(self.lock_path, exclusive=True):
+                with self._mu:
+                    self._catch_up(truncate_torn=True)
+                    if self._journal_ino != ino or self._moves != moves or self._journal_offset < offset:
+                        return   # another process compacted or moved lines meanwhile: nothing to do now
+                    os.replace(fresh, self.snapshot_path)
+                    safeio.fsync_dir(self.home)
+                    self._keep_journal_after(offset)
+        finally:
+            if os.path.exists(fresh):
+                os.unlink(fresh)
+
+    def _write_fresh_snapshot(self, path: str, snapshot: dict) -> None:
+        """Encode and sync a snapshot not yet in place (no lock held: commits go on)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, safeio.FILE_MODE)
+        try:
+            safeio.write_all(fd, safeio.json_bytes(snapshot))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _keep_journal_after(self, offset: int) -> None:
+        """Replace the journal with its records from `offset` on, durably (caller holds the
+        exclusive flock and _mu, and the snapshot holds everything before `offset`)."""
+        with open(self.journal_path, "rb") as f:
+            f.seek(offset)
+            tail = f.read(self._journal_offset - offset)
+        fresh = self.journal_path + ".new"
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, safeio.FILE_MODE)
+        try:
+            safeio.write_all(fd, tail)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(fresh, self.journal_path)
+        safeio.fsync_dir(self.home)
+        self._journal_ino = os.stat(self.journal_path).st_ino
+        self._journal_offset = len(tail)
 
     def _snapshot_and_reset_journal(self) -> None:
         """(Caller holds the exclusive flock and _mu, and has caught up.)"""

@@ -60,7 +60,8 @@ class Selected:
         self.name = name
         self.readonly = readonly
         self.uidvalidity = view.uidvalidity
-        self.uids = array("I", view.uids)
+        self.uids = view.uids                      # the view's (never changed): copied on first change
+        self._own_uids = False
         self.uidnext = view.uidnext                # above every UID the client was told of
         self.modseq = view.highestmodseq           # changes up to here are reported
         self.keywords = tuple(view.keywords)
@@ -106,6 +107,13 @@ class Selected:
         if upto > before:
             self.recent.append((before, upto))
 
+    def _own(self) -> None:
+        """A private copy of the UID list before changing it: until then it is the shared
+        view's (a SELECT of a million messages copies nothing)."""
+        if not self._own_uids:
+            self.uids = array("I", self.uids)
+            self._own_uids = True
+
     # ------------------------------------------------------------ catching up
 
     def refresh(self, store, user: str, claims, *, allow_expunge: bool, rev1: bool,
@@ -137,6 +145,7 @@ class Selected:
         if allow_expunge and self.pending_expunge:
             gone = sorted(self.pending_expunge)
             self.pending_expunge.clear()
+            self._own()
             if qresync:
                 for uid in gone:
                     del self.uids[self.seq_of(uid) - 1]
@@ -149,6 +158,7 @@ class Selected:
         new_at = bisect.bisect_left(view.uids, self.uidnext)
         if new_at < len(view.uids):
             self.last_new = list(view.uids[new_at:])
+            self._own()
             self.uids.extend(view.uids[new_at:])
             self.note_recent(claims, view.uids[-1], rev1)
             lines.append(b"* %d EXISTS\r\n" % len(self.uids))
