@@ -89,20 +89,33 @@ _LITTLE = array("H", [1]).tobytes() == b"\x01\x00"
 _EVEN_TO_ZERO = bytes(i & 1 for i in range(256))
 
 
+def _low_bytes(masks: array, start: int, stop: int) -> bytes:
+    """The low byte of each mask from position start to stop (the system flags' byte)."""
+    width = masks.itemsize
+    low_byte = 0 if _LITTLE else width - 1
+    return memoryview(masks).cast("B")[start * width + low_byte:stop * width:width].tobytes()
+
+
+def _bit_table(bit: int) -> bytes:
+    """translate() table: a byte becomes 1 if it has `bit`, else 0."""
+    return _EVEN_TO_ZERO if bit == 1 else bytes((i & bit) and 1 for i in range(256))
+
+
 def first_without(masks: array, bit: int, chunk: int = 16384):
     """The first position whose mask lacks `bit` (one of the low eight), or None: a byte
     search over the masks' low bytes, a chunk at a time from the start, so the first unseen
     message of a million read ones is found in milliseconds."""
-    width = masks.itemsize
-    low_byte = 0 if _LITTLE else width - 1
-    table = _EVEN_TO_ZERO if bit == 1 else bytes((i & bit) and 1 for i in range(256))
-    view = memoryview(masks).cast("B")
+    table = _bit_table(bit)
     for start in range(0, len(masks), chunk):
-        lows = view[start * width + low_byte:(start + chunk) * width:width]
-        at = lows.tobytes().translate(table).find(b"\x00")
+        at = _low_bytes(masks, start, start + chunk).translate(table).find(b"\x00")
         if at >= 0:
             return start + at
     return None
+
+
+def count_with(masks: array, bit: int) -> int:
+    """How many masks have `bit` (one of the low eight), counted at C speed."""
+    return _low_bytes(masks, 0, len(masks)).translate(_bit_table(bit)).count(b"\x01")
 
 
 def flag_names(mask: int, keywords) -> frozenset:

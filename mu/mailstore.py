@@ -17,7 +17,7 @@ from typing import Optional
 
 from . import records as recordmod
 from .folders import (DEFAULT_MAILBOXES, DELETED, DELIMITER, SEEN, SPECIAL_USE, SYSTEM_FLAGS,
-                      encode_uid_set, first_without, flag_names, positions_of)
+                      count_with, encode_uid_set, first_without, flag_names, positions_of)
 from .state import canonical_mailbox_name, content_hash, format_id, message_id_hash
 
 MAX_MAILBOX_NAME_CHARS = 255
@@ -101,6 +101,9 @@ class MailboxView:
 
     def flag_mask(self, i: int) -> int:
         return self._flags[i]
+
+    def count_deleted(self) -> int:
+        return count_with(self._flags, DELETED)
 
     def first_unseen(self):
         """The position of the first message without \\Seen, or None (worked out once: a

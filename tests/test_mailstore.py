@@ -302,3 +302,11 @@ def test_first_without_finds_the_first_mask_lacking_a_bit():
     assert first_without(array("Q"), SEEN) is None
     assert first_without(masks, 2) == 0
 
+
+def test_count_with_counts_the_masks_holding_a_bit():
+    from array import array
+    from mu.folders import DELETED, SEEN, count_with
+    masks = array("Q", [DELETED | 1 << 40, SEEN, DELETED | SEEN, 1 << 9, 0] * 5000)
+    assert count_with(masks, DELETED) == 10000 and count_with(masks, SEEN) == 10000
+    assert count_with(array("Q"), DELETED) == 0
+

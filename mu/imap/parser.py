@@ -9,6 +9,8 @@ the session answers with a tagged BAD. Nothing here knows about mailboxes or mes
 import calendar
 import re
 
+from ..folders import encode_uid_set
+
 MAX_NUMBER = 2 ** 32 - 1          # RFC 9051 §9 number / nz-number
 MAX_NUMBER64 = 2 ** 63 - 1        # RFC 9051 §9 number64 (MODSEQ, RFC 7162)
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -72,20 +74,9 @@ class SequenceSet:
         return max((x for r in self.ranges for x in r if x is not None), default=0)
 
 
-def format_set(numbers) -> str:
-    """Ascending numbers as a compact sequence-set ("1:3,7"); "" for none."""
-    out = []
-    start = prev = None
-    for n in numbers:
-        if prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if start is not None:
-            out.append(f"{start}:{prev}" if prev != start else f"{start}")
-        start = prev = n
-    if start is not None:
-        out.append(f"{start}:{prev}" if prev != start else f"{start}")
-    return ",".join(out)
+# Ascending numbers as a compact sequence-set ("1:3,7"; "" for none): the store writes UID
+# sets in its records the same way.
+format_set = encode_uid_set
 
 
 def format_set_ordered(numbers) -> str:

@@ -759,8 +759,7 @@ class Session:
             elif item == "SIZE":
                 values.append(f"SIZE {info.size}")
             elif item == "DELETED":
-                deleted = sum(1 for i in range(len(view.uids)) if "\\Deleted" in view.flags(i))
-                values.append(f"DELETED {deleted}")
+                values.append(f"DELETED {view.count_deleted()}")
             elif item == "APPENDLIMIT":
                 values.append(f"APPENDLIMIT {self.config.max_message_bytes}")
         self.untagged(b"STATUS " + self._wire_name(info.name) + b" (" + " ".join(values).encode() + b")")
